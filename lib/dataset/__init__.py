@@ -1,0 +1,1 @@
+"""Datasets, transforms, target generators and the keypoint specs (``specs``)."""

@@ -1,0 +1,246 @@
+"""HigherHRNet: HRNet backbone + higher-resolution deconvolution head (the baseline model).
+
+Module names and order are exactly the official ``pose_higher_hrnet.py``'s, so state dicts of the
+official checkpoints load unchanged (see :mod:`higherpose.utils.checkpoint` for prefixes and fp16).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from .blocks import BLOCKS, BN_MOMENTUM, BasicBlock, Bottleneck, HighResolutionModule, make_layer
+
+logger = logging.getLogger(__name__)
+
+_DECONV_PADDING = {4: (1, 0), 3: (1, 1), 2: (0, 0)}  # kernel -> (padding, output_padding)
+
+
+class PoseHigherResolutionNet(nn.Module):
+    """HRNet-W{C} with HigherHRNet heads.
+
+    ``forward(x: (B, 3, H, W))`` returns ``[(B, K + K_tag, H/4, W/4), (B, K, H/2, W/2)]``
+    (K heatmaps + K tag maps at 1/4, K heatmaps at 1/2) for the official two-stage configs.
+    """
+
+    def __init__(self, cfg: Any):
+        super().__init__()
+        extra = cfg.MODEL.EXTRA
+        self.inplanes = 64
+
+        # stem: two stride-2 3x3 convs (STEM_INPLANES is ignored, as in HigherHRNet)
+        self.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=2, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(64, momentum=BN_MOMENTUM)
+        self.conv2 = nn.Conv2d(64, 64, kernel_size=3, stride=2, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(64, momentum=BN_MOMENTUM)
+        self.relu = nn.ReLU(inplace=True)
+        # HigherHRNet hard-codes layer1 as 4 Bottlenecks; STAGE1.NUM_BLOCKS (NEW, optional) shrinks it
+        # for tiny test configs.
+        layer1_blocks = extra.STAGE1.NUM_BLOCKS[0] if "STAGE1" in extra and "NUM_BLOCKS" in extra.STAGE1 else 4
+        self.layer1 = make_layer(Bottleneck, 64, 64, layer1_blocks)
+
+        self.stage2_cfg = extra.STAGE2
+        channels = self._stage_channels(self.stage2_cfg)
+        self.transition1 = self._make_transition_layer([256], channels)
+        self.stage2, pre = self._make_stage(self.stage2_cfg, channels)
+
+        self.stage3_cfg = extra.STAGE3
+        channels = self._stage_channels(self.stage3_cfg)
+        self.transition2 = self._make_transition_layer(pre, channels)
+        self.stage3, pre = self._make_stage(self.stage3_cfg, channels)
+
+        self.stage4_cfg = extra.STAGE4
+        channels = self._stage_channels(self.stage4_cfg)
+        self.transition3 = self._make_transition_layer(pre, channels)
+        self.stage4, pre = self._make_stage(self.stage4_cfg, channels, multi_scale_output=False)
+
+        self.num_joints = cfg.MODEL.NUM_JOINTS
+        self.dim_tag = cfg.MODEL.NUM_JOINTS if cfg.MODEL.TAG_PER_JOINT else 1
+        self.with_ae_loss = list(cfg.LOSS.WITH_AE_LOSS)
+        self.deconv_config = extra.DECONV
+        self.pretrained_layers = list(extra.PRETRAINED_LAYERS)
+        self.num_deconvs = extra.DECONV.NUM_DECONVS
+        self.feature_channels = pre[0]
+
+        self.final_layers = self._make_final_layers(extra, pre[0])
+        self.deconv_layers = self._make_deconv_layers(extra, pre[0])
+
+    # ----------------------------------------------------------------------------------------------
+    # construction
+    @staticmethod
+    def _stage_channels(stage_cfg: Any) -> list[int]:
+        block = BLOCKS[stage_cfg.BLOCK]
+        return [c * block.expansion for c in stage_cfg.NUM_CHANNELS]
+
+    def _head_channels(self, i: int) -> int:
+        return self.num_joints + self.dim_tag if self.with_ae_loss[i] else self.num_joints
+
+    def _make_final_layers(self, extra: Any, input_channels: int) -> nn.ModuleList:
+        kernel = extra.FINAL_CONV_KERNEL
+        padding = 1 if kernel == 3 else 0
+        layers = [nn.Conv2d(input_channels, self._head_channels(0), kernel, 1, padding)]
+        for i in range(extra.DECONV.NUM_DECONVS):
+            channels = extra.DECONV.NUM_CHANNELS[i]
+            layers.append(nn.Conv2d(channels, self._head_channels(i + 1), kernel, 1, padding))
+        return nn.ModuleList(layers)
+
+    def _make_deconv_layers(self, extra: Any, input_channels: int) -> nn.ModuleList:
+        deconv = extra.DECONV
+        layers = []
+        for i in range(deconv.NUM_DECONVS):
+            if deconv.CAT_OUTPUT[i]:
+                input_channels += self._head_channels(i)
+            planes = deconv.NUM_CHANNELS[i]
+            kernel = deconv.KERNEL_SIZE[i]
+            if kernel not in _DECONV_PADDING:
+                raise ValueError(f"MODEL.EXTRA.DECONV.KERNEL_SIZE = {kernel}: choose 2, 3 or 4")
+            padding, output_padding = _DECONV_PADDING[kernel]
+            block = [
+                nn.Sequential(
+                    nn.ConvTranspose2d(
+                        input_channels, planes, kernel, 2, padding, output_padding=output_padding, bias=False
+                    ),
+                    nn.BatchNorm2d(planes, momentum=BN_MOMENTUM),
+                    nn.ReLU(inplace=True),
+                )
+            ]
+            block += [nn.Sequential(BasicBlock(planes, planes)) for _ in range(deconv.NUM_BASIC_BLOCKS)]
+            layers.append(nn.Sequential(*block))
+            input_channels = planes
+        return nn.ModuleList(layers)
+
+    @staticmethod
+    def _make_transition_layer(pre: list[int], cur: list[int]) -> nn.ModuleList:
+        layers: list[nn.Module | None] = []
+        for i, channels in enumerate(cur):
+            if i < len(pre):
+                if channels != pre[i]:
+                    layers.append(
+                        nn.Sequential(
+                            nn.Conv2d(pre[i], channels, 3, 1, 1, bias=False),
+                            nn.BatchNorm2d(channels),
+                            nn.ReLU(inplace=True),
+                        )
+                    )
+                else:
+                    layers.append(None)
+            else:
+                convs = []
+                for j in range(i + 1 - len(pre)):
+                    inch = pre[-1]
+                    outch = channels if j == i - len(pre) else inch
+                    convs.append(
+                        nn.Sequential(
+                            nn.Conv2d(inch, outch, 3, 2, 1, bias=False),
+                            nn.BatchNorm2d(outch),
+                            nn.ReLU(inplace=True),
+                        )
+                    )
+                layers.append(nn.Sequential(*convs))
+        return nn.ModuleList(layers)
+
+    @staticmethod
+    def _make_stage(
+        stage_cfg: Any, num_inchannels: list[int], multi_scale_output: bool = True
+    ) -> tuple[nn.Sequential, list[int]]:
+        block = BLOCKS[stage_cfg.BLOCK]
+        modules = []
+        for i in range(stage_cfg.NUM_MODULES):
+            # only the last module of the last stage drops the lower-resolution outputs
+            last = not multi_scale_output and i == stage_cfg.NUM_MODULES - 1
+            module = HighResolutionModule(
+                stage_cfg.NUM_BRANCHES,
+                block,
+                list(stage_cfg.NUM_BLOCKS),
+                num_inchannels,
+                list(stage_cfg.NUM_CHANNELS),
+                stage_cfg.FUSE_METHOD,
+                not last,
+            )
+            modules.append(module)
+            num_inchannels = module.get_num_inchannels()
+        return nn.Sequential(*modules), num_inchannels
+
+    # ----------------------------------------------------------------------------------------------
+    # forward
+    @staticmethod
+    def _run_transition(transition: nn.ModuleList, x_list: list[torch.Tensor], num_branches: int) -> list:
+        out = []
+        for i in range(num_branches):
+            if transition[i] is None:
+                out.append(x_list[i])
+            else:
+                # a new branch is grown from the lowest-resolution existing branch
+                out.append(transition[i](x_list[i] if i < len(x_list) else x_list[-1]))
+        return out
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Backbone: ``(B, 3, H, W)`` → stage-4 high-resolution branch ``(B, C, H/4, W/4)``."""
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.relu(self.bn2(self.conv2(x)))
+        x = self.layer1(x)
+        y_list = self._run_transition(self.transition1, [x], self.stage2_cfg.NUM_BRANCHES)
+        y_list = self.stage2(y_list)
+        y_list = self._run_transition(self.transition2, y_list, self.stage3_cfg.NUM_BRANCHES)
+        y_list = self.stage3(y_list)
+        y_list = self._run_transition(self.transition3, y_list, self.stage4_cfg.NUM_BRANCHES)
+        y_list = self.stage4(y_list)
+        return y_list[0]
+
+    def forward_heads(self, x: torch.Tensor, extra_heatmaps: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """HigherHRNet heads on the 1/4 features ``x``; ``extra_heatmaps (B, K, H/4, W/4)`` is added to
+        the 1/4 heatmap channels before they feed the deconv branch (used by the SAT head)."""
+        y = self.final_layers[0](x)
+        if extra_heatmaps is not None:
+            y = torch.cat((y[:, : self.num_joints] + extra_heatmaps, y[:, self.num_joints :]), dim=1)
+        final_outputs = [y]
+        for i in range(self.num_deconvs):
+            if self.deconv_config.CAT_OUTPUT[i]:
+                x = torch.cat((x, y), 1)
+            x = self.deconv_layers[i](x)
+            y = self.final_layers[i + 1](x)
+            final_outputs.append(y)
+        return final_outputs
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.forward_heads(self.forward_features(x))
+
+    # ----------------------------------------------------------------------------------------------
+    # weights
+    def reset_parameters(self) -> None:
+        """HigherHRNet's init: convs and deconvs ~ N(0, 0.001²), biases 0, BN weight 1 / bias 0."""
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+                nn.init.normal_(m.weight, std=0.001)
+                if m.bias is not None:
+                    nn.init.constant_(m.bias, 0)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.constant_(m.weight, 1)
+                nn.init.constant_(m.bias, 0)
+
+    def init_weights(self, pretrained: str = "", verbose: bool = True) -> None:
+        """Reset all weights, then load the layers named in ``PRETRAINED_LAYERS`` from an ImageNet
+        HRNet classification checkpoint (its classifier / incre / downsample keys are ignored)."""
+        self.reset_parameters()
+        if not pretrained:
+            return
+        if not os.path.isfile(pretrained):
+            raise FileNotFoundError(
+                f"MODEL.PRETRAINED = {pretrained!r} does not exist; download the ImageNet HRNet weights "
+                "(e.g. hrnet_w32-36af842e.pth) or set MODEL.PRETRAINED '' to train from scratch"
+            )
+        from ..utils.checkpoint import load_imagenet_weights
+
+        load_imagenet_weights(self, pretrained, self.pretrained_layers, verbose=verbose)
+
+
+def get_pose_net(cfg: Any, is_train: bool, **kwargs: Any) -> PoseHigherResolutionNet:
+    """Build HigherHRNet; for training with ``MODEL.INIT_WEIGHTS``, run :meth:`init_weights`."""
+    model = PoseHigherResolutionNet(cfg, **kwargs)
+    if is_train and cfg.MODEL.INIT_WEIGHTS:
+        model.init_weights(cfg.MODEL.PRETRAINED, verbose=cfg.VERBOSE)
+    return model

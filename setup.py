@@ -1,0 +1,14 @@
+"""Install the `higherpose` package from lib/ (``pip install -e .``)."""
+
+from setuptools import setup
+
+SUBPACKAGES = ["config", "models", "dataset", "core", "utils"]
+
+setup(
+    name="higherpose",
+    version="0.1.0",
+    description="Bottom-up multi-person pose estimation: HigherHRNet + structure-aware transformer head",
+    python_requires=">=3.10",
+    package_dir={"higherpose": "lib", **{f"higherpose.{p}": f"lib/{p}" for p in SUBPACKAGES}},
+    packages=["higherpose", *[f"higherpose.{p}" for p in SUBPACKAGES]],
+)
