@@ -1,0 +1,109 @@
+"""Config: every shipped YAML merges and passes the check; bad keys and values fail by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from higherpose.config import ConfigError
+from tests.conftest import EXPERIMENTS, TINY_HRNET, W32_COCO_512, load_cfg
+
+ALL_YAMLS = sorted(EXPERIMENTS.rglob("*.yaml"))
+OFFICIAL = [
+    f"{ds}/higher_hrnet/{name}_adam_lr1e-3.yaml"
+    for ds in ("coco", "crowd_pose")
+    for name in ("w32_512", "w32_640", "w48_640")
+]
+
+
+def test_official_yamls_are_shipped() -> None:
+    for rel in OFFICIAL:
+        assert (EXPERIMENTS / rel).is_file(), rel
+
+
+@pytest.mark.parametrize("path", ALL_YAMLS, ids=lambda p: str(p.relative_to(EXPERIMENTS)))
+def test_every_yaml_merges_and_passes_check(path: Path) -> None:
+    cfg = load_cfg(path)
+    assert cfg.is_frozen()
+    assert len(cfg.DATASET.OUTPUT_SIZE) == cfg.LOSS.NUM_STAGES
+    assert cfg.MODEL.NUM_JOINTS == cfg.DATASET.NUM_JOINTS
+
+
+def test_official_values() -> None:
+    cfg = load_cfg(EXPERIMENTS / "coco/higher_hrnet/w32_640_adam_lr1e-3.yaml")
+    assert cfg.DATASET.OUTPUT_SIZE == [160, 320]
+    assert cfg.FP16.ENABLED and cfg.FP16.DYNAMIC_LOSS_SCALE
+    assert cfg.TEST.WITH_AE == (True, False)  # "(True, False)" YAML string becomes a tuple
+    assert cfg.TRAIN.LR_STEP == [200, 260] and cfg.TRAIN.END_EPOCH == 300
+    crowd = load_cfg(EXPERIMENTS / "crowd_pose/higher_hrnet/w48_640_adam_lr1e-3.yaml")
+    assert crowd.DATASET.NUM_JOINTS == 14 and crowd.DATASET.TEST == "test"
+    assert crowd.MODEL.EXTRA.STAGE4.NUM_CHANNELS == [48, 96, 192, 384]
+
+
+def test_overrides_and_data_dir(tmp_path: Path) -> None:
+    cfg = load_cfg(W32_COCO_512, "TRAIN.LR", 0.01, "DATA_DIR", tmp_path, "TEST.MODEL_FILE", "m.pth")
+    assert cfg.TRAIN.LR == 0.01
+    assert cfg.TEST.MODEL_FILE == str(tmp_path / "m.pth")
+    assert cfg.MODEL.PRETRAINED == str(tmp_path / "models/pytorch/imagenet/hrnet_w32-36af842e.pth")
+
+
+def _write(tmp_path: Path, text: str, base: Path = TINY_HRNET) -> Path:
+    path = tmp_path / "bad.yaml"
+    path.write_text(base.read_text() + text)
+    return path
+
+
+def test_unknown_key_names_key_and_file(tmp_path: Path) -> None:
+    path = _write(tmp_path, "\nNOT_A_KEY: 3\n")
+    with pytest.raises(ConfigError) as err:
+        load_cfg(path)
+    assert "NOT_A_KEY" in str(err.value) and str(path) in str(err.value)
+
+
+def test_unknown_override_names_key() -> None:
+    with pytest.raises(ConfigError, match="TRAIN.LEARNING_RATE"):
+        load_cfg(TINY_HRNET, "TRAIN.LEARNING_RATE", 1)
+
+
+def test_odd_override_list_fails() -> None:
+    with pytest.raises(ConfigError, match="KEY VALUE"):
+        load_cfg(TINY_HRNET, "TRAIN.LR")
+
+
+@pytest.mark.parametrize(
+    ("opts", "names"),
+    [
+        (("DATASET.OUTPUT_SIZE", "[64]"), ("DATASET.OUTPUT_SIZE", "[64]")),
+        (("DATASET.OUTPUT_SIZE", "[64, 64]"), ("DATASET.OUTPUT_SIZE", "128")),
+        (("DATASET.INPUT_SIZE", "200"), ("DATASET.INPUT_SIZE", "200")),
+        (("MODEL.NAME", "pose_hrnet_v99"), ("MODEL.NAME", "pose_hrnet_v99")),
+        (("DATASET.FLIP_INDEX", "[0, 1]"), ("DATASET.FLIP_INDEX", "17")),
+        (("MODEL.NUM_JOINTS", "14"), ("MODEL.NUM_JOINTS", "14")),
+        (("LOSS.WITH_AE_LOSS", "(True,)"), ("LOSS.WITH_AE_LOSS", "NUM_STAGES")),
+        (("TRAIN.IMAGES_PER_GPU", "0"), ("TRAIN.IMAGES_PER_GPU", "0")),
+        (("TEST.SCALE_FACTOR", "[0.5, 2.0]"), ("TEST.SCALE_FACTOR", "1.0")),
+        (("MODEL.SAT.HEADS", "3"), ("MODEL.SAT.D_MODEL", "HEADS")),
+        (("MODEL.SAT.TOKEN_STRIDE", "4"), ("MODEL.SAT.TOKEN_STRIDE", "4")),
+        (("FP16.DTYPE", "float8"), ("FP16.DTYPE", "float8")),
+    ],
+)
+def test_inconsistent_values_fail_by_name(opts: tuple[str, str], names: tuple[str, str]) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_cfg(TINY_HRNET, *opts)
+    for name in names:
+        assert name in str(err.value)
+
+
+def test_inconsistent_yaml_names_file(tmp_path: Path) -> None:
+    text = TINY_HRNET.read_text().replace("OUTPUT_SIZE: [64, 128]", "OUTPUT_SIZE: [64, 256]")
+    path = tmp_path / "inconsistent.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_cfg(path)
+    assert str(path) in str(err.value) and "DATASET.OUTPUT_SIZE" in str(err.value)
+
+
+def test_missing_file() -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_cfg("/nonexistent/x.yaml")
