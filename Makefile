@@ -7,7 +7,6 @@ VENV_STAMP := .venv/.installed
 
 $(VENV_STAMP): requirements.txt setup.py
 	test -x $(PY) || python3 -m venv .venv
-	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(VENV_STAMP)
