@@ -1,0 +1,295 @@
+"""Keypoint evaluation (COCO with pycocotools, CrowdPose with faster-coco-eval), result writing and the
+validation loop shared by tools/valid.py and training.
+
+Result files follow HigherHRNet's ``CocoDataset.evaluate``: one dict per person with the flattened
+``(x, y, heat value)`` keypoints, the person score, ``image_id`` and ``category_id`` 1; no OKS-NMS or
+rescoring. Differences: plain Python floats (HigherHRNet's ``np.float`` fails on NumPy >= 1.24),
+atomic writing, clear errors for empty results and unknown image ids, and the CrowdPose API replaced by
+faster-coco-eval's ``keypoints_crowd`` (same numbers, see ../shared/data/README.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from higherpose.dataset.specs import CROWDPOSE
+
+COCO_NAMES = ["AP", "Ap .5", "AP .75", "AP (M)", "AP (L)", "AR", "AR .5", "AR .75", "AR (M)", "AR (L)"]
+CROWDPOSE_NAMES = ["AP", "Ap .5", "AP .75", "AR", "AR .5", "AR .75", "AP (E)", "AP (M)", "AP (H)"]
+
+_log = logging.getLogger(__name__)
+
+
+def poses_to_coco_results(image_id: int, poses: Sequence[np.ndarray], scores: Sequence[float]) -> list[dict]:
+    """COCO result dicts for one image. poses[p]: (K, >=3) rows (x, y, score, ...); scores[p]: float."""
+    if len(poses) != len(scores):
+        raise ValueError(f"image {image_id}: {len(poses)} poses but {len(scores)} scores")
+    results = []
+    for pose, score in zip(poses, scores):
+        kpts = np.asarray(pose, dtype=np.float64)[:, :3]
+        left_top, right_bottom = kpts.min(axis=0), kpts.max(axis=0)
+        results.append(
+            {
+                "image_id": int(image_id),
+                "category_id": 1,
+                "keypoints": [float(v) for v in kpts.reshape(-1)],
+                "score": float(score),
+                "bbox": [
+                    float(left_top[0]),
+                    float(left_top[1]),
+                    float(right_bottom[0] - left_top[0]),
+                    float(right_bottom[1] - left_top[1]),
+                ],
+            }
+        )
+    return results
+
+
+def write_results_json(results: list[dict], path: str) -> str:
+    """Write ``results`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(results, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def _check_image_ids(results: Iterable[dict], known: Iterable[int], gt_json_path: str) -> None:
+    known = set(known)
+    unknown = sorted({r["image_id"] for r in results} - known)
+    if unknown:
+        shown = ", ".join(str(i) for i in unknown[:20]) + (" ..." if len(unknown) > 20 else "")
+        raise ValueError(f"{len(unknown)} result image ids are not in {gt_json_path}: {shown}")
+
+
+def evaluate_keypoints(
+    gt_json_path: str,
+    results: list[dict],
+    dataset: str,
+    sigmas: Sequence[float] | None = None,
+    image_ids: Sequence[int] | None = None,
+) -> OrderedDict:
+    """Keypoint AP/AR of ``results`` against the annotations in ``gt_json_path``.
+
+    dataset: 'coco' (pycocotools ``COCOeval(..., 'keypoints')``), 'crowd_pose' (faster-coco-eval
+    ``keypoints_crowd``, CrowdPose sigmas, ``use_area=False``) or 'custom' (COCO evaluation with
+    ``sigmas``, default COCO's). ``image_ids`` restricts the evaluation to those images (a subset run).
+    Returns an OrderedDict of the evaluator's stats (names as HigherHRNet); empty results give zeros.
+    """
+    if dataset not in ("coco", "crowd_pose", "custom"):
+        raise ValueError(f"dataset = {dataset!r}: choose 'coco', 'crowd_pose' or 'custom'")
+    names = CROWDPOSE_NAMES if dataset == "crowd_pose" else COCO_NAMES
+    results = [dict(r) for r in results]  # the evaluators add fields (area, id) to the dicts
+    quiet = io.StringIO()
+    if dataset == "crowd_pose":
+        from faster_coco_eval import COCO, COCOeval_faster
+
+        with contextlib.redirect_stdout(quiet):
+            gt = COCO(gt_json_path)
+        _check_image_ids(results, gt.getImgIds(), gt_json_path)
+        if not results:
+            return OrderedDict((n, 0.0) for n in names)
+        with contextlib.redirect_stdout(quiet):
+            dt = gt.loadRes(results)
+            ev = COCOeval_faster(
+                gt,
+                dt,
+                iouType="keypoints_crowd",
+                kpt_oks_sigmas=list(sigmas or CROWDPOSE.sigmas),
+                use_area=False,
+                print_function=lambda *a, **k: None,
+            )
+            if image_ids is not None:
+                ev.params.imgIds = sorted(int(i) for i in image_ids)
+            ev.evaluate()
+            ev.accumulate()
+            ev.summarize()
+        # faster-coco-eval's keypoints_crowd stats are already the 9 CrowdPose numbers in this order
+        # (the CrowdPose API's stats[[0, 1, 2, 5, 6, 7, 8, 9, 10]]).
+        stats = [float(s) for s in ev.stats[: len(names)]]
+    else:
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+
+        with contextlib.redirect_stdout(quiet):
+            gt = COCO(gt_json_path)
+        _check_image_ids(results, gt.getImgIds(), gt_json_path)
+        if not results:
+            return OrderedDict((n, 0.0) for n in names)
+        with contextlib.redirect_stdout(quiet):
+            dt = gt.loadRes(results)
+            ev = COCOeval(gt, dt, "keypoints")
+            if dataset == "custom" and sigmas is not None:
+                ev.params.kpt_oks_sigmas = np.asarray(sigmas, dtype=np.float64)
+            if image_ids is not None:
+                ev.params.imgIds = sorted(int(i) for i in image_ids)
+            ev.params.useSegm = None
+            ev.evaluate()
+            ev.accumulate()
+            ev.summarize()
+        stats = [float(s) for s in ev.stats[: len(names)]]
+    _log.debug(quiet.getvalue())
+    return OrderedDict(zip(names, stats))
+
+
+def print_name_value(logger: logging.Logger | None, name_value: OrderedDict, full_arch_name: str) -> str:
+    """Log (and return) HigherHRNet's markdown table ``| Arch | AP | ... |`` with 3-decimal values; arch
+    names longer than 15 characters are cut to ``name[:8] + '...'``."""
+    names, values = list(name_value.keys()), list(name_value.values())
+    if len(full_arch_name) > 15:
+        full_arch_name = full_arch_name[:8] + "..."
+    lines = [
+        "| Arch " + " ".join(f"| {name}" for name in names) + " |",
+        "|---" * (len(names) + 1) + "|",
+        "| " + full_arch_name + " " + " ".join(f"| {value:.3f}" for value in values) + " |",
+    ]
+    for line in lines:
+        (logger or _log).info(line)
+    return "\n".join(lines)
+
+
+class _Progress:
+    """Images done, images/s and ETA: a tqdm bar (TTY or TEST.LOG_PROGRESS) or log lines every N images."""
+
+    def __init__(self, total: int, logger: logging.Logger, use_bar: bool, every: int):
+        self.total, self.logger, self.every = total, logger, max(1, every)
+        self.done, self.start = 0, time.time()
+        self.bar = None
+        if use_bar:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc="valid", unit="img", dynamic_ncols=True)
+
+    def update(self, n: int = 1) -> None:
+        before, self.done = self.done, self.done + n
+        if self.bar is not None:
+            self.bar.update(n)
+        elif before // self.every != self.done // self.every or self.done == self.total:
+            self.logger.info(self.line())
+
+    def line(self) -> str:
+        elapsed = max(time.time() - self.start, 1e-9)
+        rate = self.done / elapsed
+        eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+        return f"valid: {self.done}/{self.total} images, {rate:.2f} img/s, ETA {_fmt_time(eta)}"
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _fmt_time(seconds: float) -> str:
+    if not np.isfinite(seconds):
+        return "?"
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def _unwrap(sample: Any) -> tuple[Any, Any]:
+    """A test-loader item -> (image or None, anns); tolerates a list-of-one batch."""
+    if isinstance(sample, list) and len(sample) == 1 and isinstance(sample[0], (tuple, list)):
+        sample = sample[0]
+    image, anns = sample[0], sample[1]
+    if isinstance(image, list) and len(image) == 1:
+        image = image[0]
+    if hasattr(image, "numpy") and not isinstance(image, np.ndarray):  # a torch tensor
+        image = image.numpy()
+        if image.ndim == 4:
+            image = image[0]
+    return image, anns
+
+
+def run_validation(
+    cfg: Any, model: Any, output_dir: str, logger: logging.Logger | None = None, subset: int = 0
+) -> tuple[OrderedDict, list[dict]]:
+    """Predict every test image (``DATASET.TEST``; the first ``subset`` or ``TEST.SUBSET`` only when > 0),
+    write ``output_dir/results/keypoints_<split>_results.json`` and evaluate it.
+
+    Unreadable images (None from the dataset) are skipped, counted and evaluated as images without
+    detections. Returns ``(metrics, results)``;
+    metrics is empty when the annotation file has no keypoint annotations (a test-dev style split).
+    """
+    from higherpose.core.group import HeatmapParser
+    from higherpose.core.inference import predict_images
+    from higherpose.dataset.build import make_test_dataloader
+
+    logger = logger or _log
+    loader, dataset = make_test_dataloader(cfg)
+    ids = list(dataset.ids)
+    limit = subset or cfg.TEST.SUBSET
+    total = min(len(ids), limit) if limit > 0 else len(ids)
+    parser = HeatmapParser(cfg)
+    batch = max(1, int(cfg.TEST.IMAGES_PER_GPU))
+    was_training = model.training
+    model.eval()
+    progress = _Progress(total, logger, bool(cfg.TEST.LOG_PROGRESS) or sys.stderr.isatty(), cfg.PRINT_FREQ)
+
+    results: list[dict] = []
+    evaluated: list[int] = []
+    skipped: list[int] = []
+    pending: list[tuple[int, np.ndarray]] = []
+
+    def flush() -> None:
+        preds = predict_images(cfg, model, [img for _, img in pending], parser, batch_size=batch)
+        for (image_id, _), (poses, scores) in zip(pending, preds):
+            results.extend(poses_to_coco_results(image_id, poses, scores))
+        progress.update(len(pending))
+        pending.clear()
+
+    try:
+        for i, sample in enumerate(loader):
+            if i >= total:
+                break
+            image, _ = _unwrap(sample)
+            if image is None:
+                skipped.append(ids[i])
+                progress.update()
+                continue
+            evaluated.append(int(ids[i]))
+            pending.append((int(ids[i]), image))
+            if len(pending) >= batch:
+                flush()
+        if pending:
+            flush()
+    finally:
+        progress.close()
+        model.train(was_training)
+    if skipped:
+        logger.warning("valid: skipped %d unreadable images: %s", len(skipped), skipped[:20])
+
+    split = cfg.DATASET.TEST
+    path = write_results_json(results, os.path.join(output_dir, "results", f"keypoints_{split}_results.json"))
+    logger.info("=> wrote %d person results for %d images to %s", len(results), len(evaluated), path)
+    if not dataset.coco.dataset.get("annotations"):
+        logger.info("=> %s has no annotations (test split): no evaluation", dataset.ann_file)
+        return OrderedDict(), results
+    metrics = evaluate_keypoints(
+        dataset.ann_file,
+        results,
+        dataset.name,
+        sigmas=dataset.spec.sigmas,
+        image_ids=ids[:total] if total < len(ids) else None,
+    )
+    return metrics, results

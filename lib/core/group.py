@@ -1,0 +1,282 @@
+"""Associative-embedding grouping: ``HeatmapParser`` (HigherHRNet ``lib/core/group.py``, from pose-ae-train).
+
+``parse(det, tag)`` = NMS by max-pooling -> top-k candidates per joint -> ``match_by_tag`` (joints visited
+in the dataset's grouping order, Hungarian matching on ``round(tag distance) * 100 - detection value``)
+-> ``adjust`` (quarter-pixel shift toward the larger neighbour, +0.5) -> ``refine`` (fill missing joints
+at the best position near the person's mean tag). Results equal the official code; differences:
+
+* persons are kept in a list, not in a dict keyed by the float tag of their first joint (two
+  persons with the same first tag value overwrote each other officially);
+* ``scipy.optimize.linear_sum_assignment`` replaces the pure-Python Munkres (same optimal assignment);
+* ``adjust`` and ``refine`` are vectorised over persons and joints; ``refine`` evaluates the tag
+  distance maps of all missing joints of all persons in batched tensor ops on the maps' device
+  (the official copied the maps to the CPU once per person and scanned all K maps per person);
+* ``refine`` runs on every image of the batch (officially only image 0; valid.py used batch 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from higherpose.dataset.specs import spec_from_cfg
+
+
+@dataclass
+class Params:
+    """Grouping settings read once from the config."""
+
+    num_joints: int
+    max_num_people: int
+    detection_threshold: float
+    tag_threshold: float
+    use_detection_val: bool
+    ignore_too_much: bool
+    joint_order: tuple[int, ...]
+
+    @classmethod
+    def from_cfg(cls, cfg: Any) -> Params:
+        spec = spec_from_cfg(cfg)
+        order = tuple(spec.joint_order)
+        num_joints = cfg.DATASET.NUM_JOINTS
+        if cfg.DATASET.WITH_CENTER:
+            center = num_joints - 1
+            rest = tuple(j for j in order if j != center)
+            if cfg.TEST.IGNORE_CENTER:
+                num_joints -= 1
+                order = rest
+            else:  # HigherHRNet groups from the center joint first
+                order = (center,) + rest
+        return cls(
+            num_joints=num_joints,
+            max_num_people=cfg.DATASET.MAX_NUM_PEOPLE,
+            detection_threshold=cfg.TEST.DETECTION_THRESHOLD,
+            tag_threshold=cfg.TEST.TAG_THRESHOLD,
+            use_detection_val=cfg.TEST.USE_DETECTION_VAL,
+            ignore_too_much=cfg.TEST.IGNORE_TOO_MUCH,
+            joint_order=order,
+        )
+
+
+def match_by_tag(tag_k: np.ndarray, loc_k: np.ndarray, val_k: np.ndarray, params: Params) -> np.ndarray:
+    """Group one image's candidates into persons.
+
+    tag_k: (K, T, L) tags, loc_k: (K, T, 2) integer (x, y), val_k: (K, T) detection values of the top-T
+    candidates per joint. Returns ``float32 (P, K, 3+L)`` rows ``(x, y, val, tags...)``, zeros for
+    joints a person lacks; persons in creation order.
+    """
+    num_tag = tag_k.shape[2]
+    default = np.zeros((params.num_joints, 3 + num_tag))
+    persons: list[np.ndarray] = []  # (K, 3+L) each
+    person_tags: list[list[np.ndarray]] = []  # tags collected per person
+
+    def new_person(joint_idx: int, joint: np.ndarray, tag: np.ndarray) -> None:
+        person = np.copy(default)
+        person[joint_idx] = joint
+        persons.append(person)
+        person_tags.append([tag])
+
+    for i, idx in enumerate(params.joint_order):
+        tags = tag_k[idx]
+        joints = np.concatenate((loc_k[idx], val_k[idx, :, None], tags), 1)
+        keep = joints[:, 2] > params.detection_threshold
+        tags, joints = tags[keep], joints[keep]
+        if joints.shape[0] == 0:
+            continue
+
+        if i == 0 or not persons:
+            for tag, joint in zip(tags, joints):
+                new_person(idx, joint, tag)
+            continue
+
+        num_grouped = min(len(persons), params.max_num_people)
+        if params.ignore_too_much and num_grouped == params.max_num_people:
+            continue
+        grouped_tags = np.array([np.mean(person_tags[p], axis=0) for p in range(num_grouped)])
+
+        diff = joints[:, None, 3:] - grouped_tags[None, :, :]
+        diff_saved = np.linalg.norm(diff, ord=2, axis=2)
+        cost = diff_saved
+        if params.use_detection_val:
+            cost = np.round(diff_saved) * 100 - joints[:, 2:3]
+        num_added = diff.shape[0]
+        if num_added > num_grouped:
+            # Same padding as HigherHRNet: surplus candidates fall on dummy columns -> new persons.
+            cost = np.concatenate((cost, np.zeros((num_added, num_added - num_grouped)) + 1e10), axis=1)
+
+        rows, cols = linear_sum_assignment(cost)
+        for row, col in zip(rows, cols):
+            if row < num_added and col < num_grouped and diff_saved[row][col] < params.tag_threshold:
+                persons[col][idx] = joints[row]
+                person_tags[col].append(tags[row])
+            else:
+                new_person(idx, joints[row], tags[row])
+
+    if not persons:
+        return np.zeros((0, params.num_joints, 3 + num_tag), dtype=np.float32)
+    return np.array(persons).astype(np.float32)
+
+
+class HeatmapParser:
+    """Decode multi-person poses from detection heatmaps and tag maps (``parse``)."""
+
+    def __init__(self, cfg: Any):
+        self.params = Params.from_cfg(cfg)
+        self.tag_per_joint = cfg.MODEL.TAG_PER_JOINT
+        self.pool = torch.nn.MaxPool2d(cfg.TEST.NMS_KERNEL, 1, cfg.TEST.NMS_PADDING)
+
+    def nms(self, det: torch.Tensor) -> torch.Tensor:
+        """Keep local maxima of det (B, K, H, W), zero elsewhere."""
+        return det * torch.eq(self.pool(det), det).float()
+
+    def top_k(self, det: torch.Tensor, tag: torch.Tensor) -> dict[str, np.ndarray]:
+        """det: (B, K, H, W); tag: (B, K or 1, H, W, L) -> numpy tag_k (B, K, T, L), loc_k (B, K, T, 2) int
+        (x, y), val_k (B, K, T) with T = MAX_NUM_PEOPLE."""
+        det = self.nms(det)
+        num_images, num_joints, h, w = det.shape
+        val_k, ind = det.view(num_images, num_joints, -1).topk(self.params.max_num_people, dim=2)
+        tag = tag.reshape(tag.size(0), tag.size(1), w * h, -1)
+        if not self.tag_per_joint:
+            tag = tag.expand(-1, self.params.num_joints, -1, -1)
+        tag_k = torch.gather(tag, 2, ind[..., None].expand(-1, -1, -1, tag.size(3)))
+        loc_k = torch.stack((ind % w, ind // w), dim=3)
+        return {"tag_k": tag_k.cpu().numpy(), "loc_k": loc_k.cpu().numpy(), "val_k": val_k.cpu().numpy()}
+
+    def match(self, tag_k: np.ndarray, loc_k: np.ndarray, val_k: np.ndarray) -> list[np.ndarray]:
+        return [match_by_tag(t, loc, v, self.params) for t, loc, v in zip(tag_k, loc_k, val_k)]
+
+    @staticmethod
+    def adjust(ans: list[np.ndarray], det: torch.Tensor) -> list[np.ndarray]:
+        """Shift every detected joint by +-0.25 toward its larger horizontal / vertical neighbour in the
+        un-suppressed det (B, K, H, W) (ties -> -0.25), then +0.5. ans: per image (P, K, 3+L), in place."""
+        for b, people in enumerate(ans):
+            p_idx, j_idx = np.nonzero(people[:, :, 2] > 0)
+            if p_idx.size == 0:
+                continue
+            col = people[p_idx, j_idx, 0].astype(np.int64)
+            row = people[p_idx, j_idx, 1].astype(np.int64)
+            sx, sy = _quarter_shifts(det[b], j_idx, row, col)
+            people[p_idx, j_idx, 0] = col + 0.5 + sx
+            people[p_idx, j_idx, 1] = row + 0.5 + sy
+        return ans
+
+    def refine(self, det: torch.Tensor, tag: torch.Tensor, keypoints: np.ndarray) -> np.ndarray:
+        """Fill the missing joints of each person. det: (K, H, W); tag: (K or 1, H, W, L) (or (K, H, W));
+        keypoints: (P, K, 3+L) or (K, 3+L), updated in place and returned."""
+        single = keypoints.ndim == 2
+        people = keypoints[None] if single else keypoints
+        if people.shape[0]:
+            _refine_people(det, tag, people, self.params.num_joints)
+        return people[0] if single else people
+
+    def parse_batch(
+        self, det: torch.Tensor, tag: torch.Tensor, adjust: bool = True, refine: bool = True
+    ) -> tuple[list[np.ndarray], list[list[float]]]:
+        """Like :meth:`parse` for every image: ``(grouped per image (P, K, 3+L), scores per image)``."""
+        ans = self.match(**self.top_k(det, tag))
+        if adjust:
+            ans = self.adjust(ans, det)
+        # Person score = mean of all K joint values before refinement (zeros included), as HigherHRNet.
+        scores = [[float(s) for s in people[:, :, 2].mean(axis=1)] for people in ans]
+        if refine:
+            for b, people in enumerate(ans):
+                if people.shape[0]:
+                    _refine_people(det[b], tag[b], people, self.params.num_joints)
+        return ans, scores
+
+    def parse(
+        self, det: torch.Tensor, tag: torch.Tensor, adjust: bool = True, refine: bool = True
+    ) -> tuple[list[np.ndarray], list[float]]:
+        """det: (B, K, H, W) heatmaps; tag: (B, K, H, W, L) tag maps (L = number of flips/scales).
+
+        Returns ``(grouped, scores)``: ``grouped[b]`` is ``(P, K, 3+L)`` (x, y, val, tags) in heatmap
+        pixels; ``scores`` are image 0's person scores (HigherHRNet's return shape)."""
+        grouped, scores = self.parse_batch(det, tag, adjust, refine)
+        return grouped, scores[0]
+
+
+def _quarter_shifts(
+    det: torch.Tensor, joint: np.ndarray, row: np.ndarray, col: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """+0.25 where the right (lower) neighbour of ``det[joint, row, col]`` is larger than the left (upper)
+    one, else -0.25 (borders clamped); det: (K, H, W) on any device; indices: (n,) -> two (n,) arrays."""
+    _, h, w = det.shape
+    dev = det.device
+    j = torch.as_tensor(joint, dtype=torch.long, device=dev)
+    r = torch.as_tensor(row, dtype=torch.long, device=dev)
+    c = torch.as_tensor(col, dtype=torch.long, device=dev)
+    right = det[j, r, (c + 1).clamp(max=w - 1)]
+    left = det[j, r, (c - 1).clamp(min=0)]
+    down = det[j, (r + 1).clamp(max=h - 1), c]
+    up = det[j, (r - 1).clamp(min=0), c]
+    signs = torch.stack((right > left, down > up)).cpu().numpy()
+    sx, sy = np.where(signs, 0.25, -0.25)
+    return sx, sy
+
+
+# Upper bound on elements of one batched distance map (missing joints x H x W) in refine.
+_REFINE_CHUNK = 1 << 24
+
+
+def _refine_people(det: torch.Tensor, tag: torch.Tensor, people: np.ndarray, num_joints: int) -> None:
+    """Vectorised HigherHRNet ``refine`` for all persons of one image, in place.
+
+    det: (K, H, W); tag: (K or 1, H, W, L) or (K, H, W); people: (P, K, 3+L). A missing joint j of
+    person p goes to ``argmax(det[j] - round(||tag[j] - mean_tag[p]||))`` (+0.5 and the quarter shift)
+    when the det value there is > 0. Only missing joints are evaluated (the official evaluated all K
+    and kept the missing ones: same result).
+    """
+    if tag.dim() == 3:
+        tag = tag[..., None]
+    if tag.size(0) != num_joints:  # one tag map shared by all joints (TAG_PER_JOINT False)
+        tag = tag.expand(num_joints, -1, -1, -1)
+    k, h, w = det.shape
+    detected = people[:, :, 2] > 0  # (P, K)
+    has_any = detected.any(axis=1)
+    missing = (people[:, :, 2] == 0) & has_any[:, None]
+    if not missing.any():
+        return
+
+    # Mean tag of each person's detected joints, sampled at the truncated positions (float32 numpy,
+    # exactly as the official np.mean over the list of sampled tags).
+    xy = people[:, :, :2].astype(np.int32)
+    p_det, j_det = np.nonzero(detected)
+    sampled = tag[
+        torch.as_tensor(j_det, device=tag.device),
+        torch.as_tensor(xy[p_det, j_det, 1], dtype=torch.long, device=tag.device),
+        torch.as_tensor(xy[p_det, j_det, 0], dtype=torch.long, device=tag.device),
+    ]
+    sampled = sampled.detach().cpu().numpy()
+    prev_tags = np.zeros((people.shape[0], tag.size(3)), dtype=np.float32)
+    for p in np.nonzero(has_any)[0]:
+        prev_tags[p] = np.mean(sampled[p_det == p], axis=0)
+
+    p_mis, j_mis = np.nonzero(missing)
+    prev = torch.as_tensor(prev_tags, device=tag.device, dtype=tag.dtype)
+    det_f = det.detach()
+    step = max(1, _REFINE_CHUNK // (h * w))
+    best = np.empty(len(p_mis), dtype=np.int64)
+    for start in range(0, len(p_mis), step):
+        sl = slice(start, start + step)
+        j_t = torch.as_tensor(j_mis[sl], device=tag.device)
+        p_t = torch.as_tensor(p_mis[sl], device=tag.device)
+        dist = ((tag[j_t] - prev[p_t][:, None, None, :]) ** 2).sum(dim=3).sqrt()  # (n, H, W)
+        score = det_f[j_t] - torch.round(dist)
+        best[sl] = score.reshape(score.size(0), -1).argmax(dim=1).cpu().numpy()
+
+    rows, cols = best // w, best % w
+    val = det_f[
+        torch.as_tensor(j_mis, device=det.device),
+        torch.as_tensor(rows, device=det.device),
+        torch.as_tensor(cols, device=det.device),
+    ]
+    val = val.float().cpu().numpy()
+    sx, sy = _quarter_shifts(det_f, j_mis, rows, cols)
+    fill = val > 0
+    people[p_mis[fill], j_mis[fill], 0] = (cols + 0.5 + sx)[fill]
+    people[p_mis[fill], j_mis[fill], 1] = (rows + 0.5 + sy)[fill]
+    people[p_mis[fill], j_mis[fill], 2] = val[fill]

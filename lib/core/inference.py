@@ -1,0 +1,219 @@
+"""Test-time inference: multi-stage outputs, flip, multi-scale aggregation (HigherHRNet
+``lib/core/inference.py``) and :func:`predict_image` / :func:`predict_images`, the whole path from an
+RGB image to poses in image pixels (used by valid.py, demo.py and validation during training).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from higherpose.core.group import HeatmapParser
+from higherpose.dataset.specs import spec_from_cfg
+from higherpose.utils.transforms import get_multi_scale_size, resize_align_multi_scale, transform_preds
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def _stage_maps(
+    cfg: Any, outputs: Sequence[torch.Tensor], flip: bool, flip_index: list[int]
+) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+    """Average the stages' heatmaps (all at the last stage's resolution) and collect their tag maps."""
+    num_joints = cfg.DATASET.NUM_JOINTS
+    last = outputs[-1].shape[2:]
+    heatmaps_sum, num_heatmaps, tags = None, 0, []
+    for i, output in enumerate(outputs):
+        if len(outputs) > 1 and i != len(outputs) - 1:
+            output = _resize(output, last)
+        if flip:
+            output = torch.flip(output, [3])
+        offset = num_joints if cfg.LOSS.WITH_HEATMAPS_LOSS[i] else 0
+        if cfg.LOSS.WITH_HEATMAPS_LOSS[i] and cfg.TEST.WITH_HEATMAPS[i]:
+            hm = output[:, :num_joints]
+            if flip:
+                hm = hm[:, flip_index]
+            heatmaps_sum = hm if heatmaps_sum is None else heatmaps_sum + hm
+            num_heatmaps += 1
+        if cfg.LOSS.WITH_AE_LOSS[i] and cfg.TEST.WITH_AE[i]:
+            tag = output[:, offset:]
+            if flip and cfg.MODEL.TAG_PER_JOINT:
+                tag = tag[:, flip_index]
+            tags.append(tag)
+    return (heatmaps_sum / num_heatmaps if num_heatmaps else None), tags
+
+
+def get_multi_stage_outputs(
+    cfg: Any,
+    model: nn.Module,
+    image: torch.Tensor,
+    with_flip: bool = False,
+    project2image: bool = False,
+    size_projected: Sequence[int] | None = None,
+) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    """Run the model on image (B, 3, h, w) (and its mirror image when ``with_flip``).
+
+    Returns ``(outputs, heatmaps, tags)``: ``heatmaps`` = [stage-averaged (B, K, h', w')] (+ the flipped
+    one, channels permuted by the dataset's flip index), ``tags`` = the tag maps of the AE stages
+    (+ flipped). With ``project2image`` and ``size_projected = (w, h)`` all maps are resized
+    (bilinear, align_corners=False) to that size, as HigherHRNet.
+    """
+    flip_index = list(spec_from_cfg(cfg).flip_index)
+    outputs = list(model(image))
+    heatmaps_avg, tags = _stage_maps(cfg, outputs, False, flip_index)
+    heatmaps = [heatmaps_avg] if heatmaps_avg is not None else []
+    if with_flip:
+        outputs_flip = list(model(torch.flip(image, [3])))
+        heatmaps_avg, tags_flip = _stage_maps(cfg, outputs_flip, True, flip_index)
+        heatmaps.append(heatmaps_avg)
+        tags.extend(tags_flip)
+        last = outputs_flip[-1].shape[2:]
+        outputs.extend(
+            torch.flip(_resize(o, last) if len(outputs_flip) > 1 and i != len(outputs_flip) - 1 else o, [3])
+            for i, o in enumerate(outputs_flip)
+        )
+
+    if cfg.DATASET.WITH_CENTER and cfg.TEST.IGNORE_CENTER:
+        heatmaps = [hms[:, :-1] for hms in heatmaps]
+        tags = [tms[:, :-1] for tms in tags]
+
+    if project2image and size_projected:
+        size = (size_projected[1], size_projected[0])
+        heatmaps = [_resize(hms, size) for hms in heatmaps]
+        tags = [_resize(tms, size) for tms in tags]
+    return outputs, heatmaps, tags
+
+
+def aggregate_results(
+    cfg: Any,
+    scale_factor: float,
+    final_heatmaps: torch.Tensor | None,
+    tags_list: list[torch.Tensor],
+    heatmaps: list[torch.Tensor],
+    tags: list[torch.Tensor],
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Accumulate one scale's maps: heatmaps (flip-averaged) are summed into ``final_heatmaps``; tags
+    (each as (B, K, H, W, 1)) are collected only at scale 1 (or when a single scale is used)."""
+    if scale_factor == 1 or len(cfg.TEST.SCALE_FACTOR) == 1:
+        if final_heatmaps is not None and not cfg.TEST.PROJECT2IMAGE:
+            tags = [_resize(tms, final_heatmaps.shape[2:]) for tms in tags]
+        for tms in tags:
+            tags_list.append(torch.unsqueeze(tms, dim=4))
+
+    heatmaps_avg = (heatmaps[0] + heatmaps[1]) / 2.0 if cfg.TEST.FLIP_TEST else heatmaps[0]
+    if final_heatmaps is None:
+        final_heatmaps = heatmaps_avg
+    elif cfg.TEST.PROJECT2IMAGE:
+        final_heatmaps += heatmaps_avg
+    else:
+        final_heatmaps += _resize(heatmaps_avg, final_heatmaps.shape[2:])
+    return final_heatmaps, tags_list
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _to_input(images: Sequence[np.ndarray], device: torch.device) -> torch.Tensor:
+    """RGB uint8 images (h, w, 3) of one size -> normalised (B, 3, h, w) float32 on ``device``."""
+    x = torch.from_numpy(np.stack(images)).to(device=device).permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def _predict_same_size(
+    cfg: Any, model: nn.Module, images: Sequence[np.ndarray], parser: HeatmapParser, device: torch.device
+) -> list[tuple[list[np.ndarray], list[float]]]:
+    """The HigherHRNet test loop (valid.py) for images whose resized sizes agree at every scale."""
+    scales = [float(s) for s in cfg.TEST.SCALE_FACTOR]
+    min_scale = min(scales)
+    input_size = cfg.DATASET.INPUT_SIZE
+    base_size, _, _ = get_multi_scale_size(images[0], input_size, 1.0, min_scale)
+    use_amp = bool(cfg.FP16.ENABLED) and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if cfg.FP16.DTYPE == "bfloat16" else torch.float16
+
+    final_heatmaps, tags_list = None, []
+    centers, scales_px = [], []
+    for s in sorted(scales, reverse=True):
+        resized = []
+        centers, scales_px = [], []
+        for image in images:
+            image_resized, center, scale = resize_align_multi_scale(image, input_size, s, min_scale)
+            resized.append(image_resized)
+            centers.append(center)
+            scales_px.append(scale)
+        x = _to_input(resized, device)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+            _, heatmaps, tags = get_multi_stage_outputs(
+                cfg, model, x, cfg.TEST.FLIP_TEST, cfg.TEST.PROJECT2IMAGE, base_size
+            )
+        heatmaps = [h.float() for h in heatmaps]
+        tags = [t.float() for t in tags]
+        final_heatmaps, tags_list = aggregate_results(cfg, s, final_heatmaps, tags_list, heatmaps, tags)
+
+    final_heatmaps = final_heatmaps / float(len(scales))
+    tags = torch.cat(tags_list, dim=4)
+    grouped, scores = parser.parse_batch(final_heatmaps, tags, cfg.TEST.ADJUST, cfg.TEST.REFINE)
+    heatmap_size = [final_heatmaps.size(3), final_heatmaps.size(2)]
+    out = []
+    for people, person_scores, center, scale in zip(grouped, scores, centers, scales_px):
+        poses = [transform_preds(person, center, scale, heatmap_size) for person in people]
+        out.append((poses, person_scores))
+    return out
+
+
+def predict_images(
+    cfg: Any,
+    model: nn.Module,
+    images_rgb: Sequence[np.ndarray],
+    parser: HeatmapParser | None = None,
+    batch_size: int = 1,
+) -> list[tuple[list[np.ndarray], list[float]]]:
+    """Poses for several RGB uint8 images (H, W, 3); images whose network input sizes agree at every
+    test scale run together, at most ``batch_size`` per forward. Returns, per image in order, what
+    :func:`predict_image` returns."""
+    parser = parser or HeatmapParser(cfg)
+    device = _model_device(model)
+    scales = [float(s) for s in cfg.TEST.SCALE_FACTOR]
+    min_scale = min(scales)
+    groups: dict[tuple, list[int]] = {}
+    for i, image in enumerate(images_rgb):
+        key = tuple(get_multi_scale_size(image, cfg.DATASET.INPUT_SIZE, s, min_scale)[0] for s in scales)
+        groups.setdefault(key, []).append(i)
+    results: list[Any] = [None] * len(images_rgb)
+    with torch.no_grad():
+        for indices in groups.values():
+            for start in range(0, len(indices), max(1, batch_size)):
+                chunk = indices[start : start + max(1, batch_size)]
+                preds = _predict_same_size(cfg, model, [images_rgb[i] for i in chunk], parser, device)
+                for i, pred in zip(chunk, preds):
+                    results[i] = pred
+    return results
+
+
+def predict_image(
+    cfg: Any, model: nn.Module, image_rgb: np.ndarray, parser: HeatmapParser | None = None
+) -> tuple[list[np.ndarray], list[float]]:
+    """Multi-person poses for one RGB uint8 image (H, W, 3), on the model's device, no gradients.
+
+    Resize keeping the aspect ratio for every ``TEST.SCALE_FACTOR`` (largest first), ImageNet
+    normalisation, flip (``TEST.FLIP_TEST``), stage/flip/scale averaging, grouping (``TEST.ADJUST``,
+    ``TEST.REFINE``) and the inverse affine map. Returns ``(poses, scores)``: ``poses[p]`` is
+    ``(K, 3+L)`` = (x, y, heat value, tags...) in original-image pixels, ``scores[p]`` a float.
+    The model is expected in eval mode.
+    """
+    return predict_images(cfg, model, [image_rgb], parser)[0]

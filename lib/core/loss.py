@@ -1,0 +1,136 @@
+"""Multi-resolution heatmap loss and associative-embedding (AE) tag loss (HigherHRNet ``lib/core/loss.py``).
+
+Values and normalisation are HigherHRNet's: per-image plain means for the heatmap loss (masked pixels
+count in the denominator), AE push ``/(N (N-1)) * 0.5`` and pull ``/N`` over the N persons with at
+least one labelled joint. The AE loss is vectorised over images, persons and joints (one gather,
+segment means and a pairwise matrix) instead of the official Python loop over persons x joints; the
+loop is kept in ``tests/core/test_loss.py`` as the reference it must equal in value and gradient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class HeatmapLoss(nn.Module):
+    """Masked MSE, averaged per image over K x H x W (masked pixels still count in the mean)."""
+
+    def forward(self, pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """pred, gt: (B, K, H, W); mask: (B, H, W) -> (B,)."""
+        if pred.shape != gt.shape:
+            raise ValueError(f"heatmap prediction {tuple(pred.shape)} and target {tuple(gt.shape)} differ")
+        loss = (pred - gt) ** 2 * mask[:, None, :, :].expand_as(pred)
+        return loss.mean(dim=3).mean(dim=2).mean(dim=1)
+
+
+class AELoss(nn.Module):
+    """Associative-embedding grouping loss (Newell et al.), one push and one pull value per image.
+
+    ``loss_type``: 'exp' (push = exp(-d^2)) or 'max' (push = max(0, 1 - |d|)).
+    """
+
+    def __init__(self, loss_type: str):
+        super().__init__()
+        if loss_type not in ("exp", "max"):
+            raise ValueError(f"LOSS.AE_LOSS_TYPE = {loss_type!r}: choose 'exp' or 'max'")
+        self.loss_type = loss_type
+
+    def forward(self, tags: torch.Tensor, joints: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """tags: (B, K*H*W, 1) flattened tag maps; joints: (B, M, K, 2) int (flat index, visible).
+
+        Returns ``(push (B,), pull (B,))``. Images with no labelled person give 0 and 0, with one
+        person push 0 (as HigherHRNet, but on the tags' device).
+        """
+        b = tags.shape[0]
+        flat = tags.reshape(b, -1)  # (B, N); HigherHRNet uses a 1-d tag per location
+        joints = joints.to(device=tags.device, dtype=torch.long)
+        index = joints[..., 0]  # (B, M, K)
+        vis = (joints[..., 1] > 0).to(flat.dtype)  # (B, M, K)
+        m, k = index.shape[1:]
+        # Gather the tag of every (person, joint) slot; unused slots hold index 0 and are masked out.
+        picked = torch.gather(flat, 1, index.reshape(b, m * k)).reshape(b, m, k)
+
+        count = vis.sum(dim=2)  # (B, M) labelled joints per person
+        person = count > 0
+        denom = count.clamp(min=1)
+        mean = (picked * vis).sum(dim=2) / denom  # (B, M) person tag = mean of its joints' tags
+        pull_person = (((picked - mean[..., None]) ** 2) * vis).sum(dim=2) / denom
+        num = person.sum(dim=1).to(flat.dtype)  # (B,) persons with at least one joint
+        pull = torch.where(num > 0, (pull_person * person).sum(dim=1) / num.clamp(min=1), torch.zeros_like(num))
+
+        diff = mean[:, :, None] - mean[:, None, :]  # (B, M, M)
+        pair = (person[:, :, None] & person[:, None, :]).to(flat.dtype)
+        if self.loss_type == "exp":
+            push = (torch.exp(-(diff**2)) * pair).sum(dim=(1, 2)) - num
+        else:
+            push = (torch.clamp(1 - torch.abs(diff), min=0) * pair).sum(dim=(1, 2)) - num
+        pairs = ((num - 1) * num).clamp(min=1)
+        push = torch.where(num > 1, push / pairs * 0.5, torch.zeros_like(num))
+        return push, pull
+
+
+class MultiLossFactory(nn.Module):
+    """Per-stage heatmap, push and pull losses, configured by ``cfg.LOSS`` (HigherHRNet semantics).
+
+    Stage ``i`` output holds K heatmaps (when ``WITH_HEATMAPS_LOSS[i]``) followed by the tag maps; the
+    tag offset is K only when that stage has a heatmap loss. ``heatmaps_loss_factor``,
+    ``push_loss_factor`` and ``pull_loss_factor`` are plain lists of floats: a trainer may rescale them
+    (e.g. an AE warm-up) between steps.
+    """
+
+    def __init__(self, cfg: Any):
+        super().__init__()
+        loss = cfg.LOSS
+        self.num_joints = cfg.MODEL.NUM_JOINTS
+        self.num_stages = loss.NUM_STAGES
+        for key in (
+            "WITH_HEATMAPS_LOSS",
+            "HEATMAPS_LOSS_FACTOR",
+            "WITH_AE_LOSS",
+            "PUSH_LOSS_FACTOR",
+            "PULL_LOSS_FACTOR",
+        ):
+            if len(loss[key]) != self.num_stages:
+                raise ValueError(f"LOSS.{key} = {list(loss[key])}: needs LOSS.NUM_STAGES = {self.num_stages} entries")
+        self.heatmaps_loss = [HeatmapLoss() if on else None for on in loss.WITH_HEATMAPS_LOSS]
+        self.ae_loss = [AELoss(loss.AE_LOSS_TYPE) if on else None for on in loss.WITH_AE_LOSS]
+        self.heatmaps_loss_factor = [float(f) for f in loss.HEATMAPS_LOSS_FACTOR]
+        self.push_loss_factor = [float(f) for f in loss.PUSH_LOSS_FACTOR]
+        self.pull_loss_factor = [float(f) for f in loss.PULL_LOSS_FACTOR]
+
+    def forward(
+        self,
+        outputs: Sequence[torch.Tensor],
+        heatmaps: Sequence[torch.Tensor],
+        masks: Sequence[torch.Tensor],
+        joints: Sequence[torch.Tensor],
+    ) -> tuple[list[torch.Tensor | None], list[torch.Tensor | None], list[torch.Tensor | None]]:
+        """outputs[i]: (B, C_i, R_i, R_i); heatmaps[i]: (B, K, R_i, R_i); masks[i]: (B, R_i, R_i);
+        joints[i]: (B, M, K, 2). Returns three lists (one entry per stage) of (B,) tensors or None."""
+        for name, value in (("outputs", outputs), ("heatmaps", heatmaps), ("masks", masks), ("joints", joints)):
+            if len(value) != self.num_stages:
+                raise ValueError(f"{name} has {len(value)} entries, LOSS.NUM_STAGES = {self.num_stages}")
+        heatmaps_losses: list[torch.Tensor | None] = []
+        push_losses: list[torch.Tensor | None] = []
+        pull_losses: list[torch.Tensor | None] = []
+        for idx, output in enumerate(outputs):
+            offset = 0
+            if self.heatmaps_loss[idx] is not None:
+                offset = self.num_joints
+                hm = self.heatmaps_loss[idx](output[:, : self.num_joints], heatmaps[idx], masks[idx])
+                heatmaps_losses.append(hm * self.heatmaps_loss_factor[idx])
+            else:
+                heatmaps_losses.append(None)
+            if self.ae_loss[idx] is not None:
+                tags = output[:, offset:].reshape(output.shape[0], -1, 1)
+                push, pull = self.ae_loss[idx](tags, joints[idx])
+                push_losses.append(push * self.push_loss_factor[idx])
+                pull_losses.append(pull * self.pull_loss_factor[idx])
+            else:
+                push_losses.append(None)
+                pull_losses.append(None)
+        return heatmaps_losses, push_losses, pull_losses
