@@ -1,0 +1,153 @@
+"""Distributed helpers: who am I (rank, world size), process-group set-up and tear-down, backend
+choice (NCCL on CUDA, gloo on CPU), free ports, and seeding.
+
+Every helper works without an initialised process group (then rank 0 of a world of 1), so the
+same training code runs single-process, under ``mp.spawn`` and under ``torchrun``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import random
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process sits: global ``rank`` of ``world_size``, ``local_rank`` on its node, the
+    ``device`` it trains on and the process-group ``backend`` (None when not distributed)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: str = "cpu"
+    backend: str | None = None
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def is_dist() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_dist() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_dist() else 1
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def barrier() -> None:
+    """Wait for every rank; a no-op without a process group."""
+    if is_dist():
+        dist.barrier()
+
+
+def launched_by_torchrun(environ: dict[str, str] | None = None) -> bool:
+    """True when torchrun (or any env:// launcher) set RANK, WORLD_SIZE and LOCAL_RANK."""
+    env = os.environ if environ is None else environ
+    return all(k in env for k in TORCHRUN_ENV)
+
+
+def choose_backend(requested: str, use_cuda: bool) -> tuple[str, str | None]:
+    """``(backend, note)``: NCCL needs CUDA, so without CUDA any request becomes gloo (note says so)."""
+    requested = (requested or "").lower()
+    if use_cuda:
+        return (requested or "nccl"), None
+    if requested and requested != "gloo":
+        return "gloo", f"DIST_BACKEND = {requested!r} needs CUDA; using 'gloo' on the CPU"
+    return "gloo", None
+
+
+def find_free_port() -> int:
+    """A TCP port free on this host right now (for a single-node rendezvous)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def init_distributed(
+    backend: str, rank: int, world_size: int, init_method: str = "env://", timeout_min: float = 30.0
+) -> None:
+    """Join the process group (no-op for a world of 1: single-process training needs no group)."""
+    if world_size <= 1 or is_dist():
+        return
+    dist.init_process_group(
+        backend=backend,
+        init_method=init_method,
+        world_size=world_size,
+        rank=rank,
+        timeout=datetime.timedelta(minutes=timeout_min),
+    )
+
+
+def cleanup() -> None:
+    """Leave the process group if one was joined."""
+    if is_dist():
+        dist.destroy_process_group()
+
+
+def all_reduce_max_(tensor: torch.Tensor) -> torch.Tensor:
+    """In-place elementwise max over ranks (a no-op single-process)."""
+    if is_dist():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
+
+
+def derive_seed(seed: int, epoch: int = 0, rank: int = 0) -> int:
+    """A distinct, reproducible 31-bit seed per (run seed, epoch, rank)."""
+    return (int(seed) * 1_000_003 + int(epoch) * 10_007 + int(rank) * 101) % (2**31 - 1)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed ``random``, NumPy and torch (all devices)."""
+    random.seed(seed)
+    # The global NumPy RNG on purpose: HigherHRNet's augmentations draw from it.
+    np.random.seed(seed % (2**32))  # noqa: NPY002
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """The RNG states of this process (stored in checkpoints)."""
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),  # noqa: NPY002
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore states written by :func:`rng_state` (missing entries are left alone)."""
+    if "python" in state:
+        random.setstate(state["python"])
+    if "numpy" in state:
+        np.random.set_state(state["numpy"])  # noqa: NPY002
+    if "torch" in state:
+        torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        cuda_states = state["cuda"]
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
