@@ -1,0 +1,154 @@
+"""Dataset and DataLoader builders (HigherHRNet's ``build.py``), driven by ``DATASET.*``.
+
+Seeding (why augmentations differ per worker and epoch, and how a run reproduces):
+
+- Each training dataset draws its augmentation from its own ``numpy.random.Generator``.
+  :func:`worker_init_fn` reseeds it in every DataLoader worker with ``torch.initial_seed()`` of that
+  worker (= the loader's per-epoch base seed + worker id), so workers never share a stream, and a
+  new epoch (new workers, new base seed; or the continuing stream of persistent workers) draws anew.
+- The base seed comes from the loader's ``generator``. With ``TRAIN.SEED >= 0`` it is a
+  ``torch.Generator`` seeded with ``TRAIN.SEED + rank`` (and the DistributedSampler uses
+  ``seed=TRAIN.SEED``), so the same config, worker count and world size give the same batches.
+  With ``TRAIN.SEED < 0`` the global torch RNG decides (random unless the trainer seeds torch).
+- With ``WORKERS = 0`` the dataset's generator is seeded from the same base seed in the main process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+
+import numpy as np
+import torch
+import torch.utils.data
+
+from .coco import CocoDataset, CocoKeypoints, CrowdPoseDataset, CrowdPoseKeypoints, CustomDataset
+from .specs import spec_from_cfg
+from .target_generators import HeatmapGenerator, JointsGenerator, ScaleAwareHeatmapGenerator
+from .transforms import build_transforms
+
+logger = logging.getLogger(__name__)
+
+_TRAIN_CLASSES = {"coco_kpt": CocoKeypoints, "crowd_pose_kpt": CrowdPoseKeypoints, "custom_kpt": CocoKeypoints}
+_TEST_CLASSES = {"coco": CocoDataset, "crowd_pose": CrowdPoseDataset, "custom": CustomDataset}
+
+
+def _ensure_data(cfg) -> None:
+    """Generate the synthetic set under ``DATASET.ROOT`` when ``DATASET.SYNTHETIC`` and it is missing."""
+    if cfg.DATASET.SYNTHETIC:
+        from .synthetic import ensure_synthetic
+
+        ensure_synthetic(cfg.DATASET.ROOT)
+
+
+def _output_sizes(cfg) -> list[int]:
+    out = cfg.DATASET.OUTPUT_SIZE
+    return [int(s) for s in out] if isinstance(out, (list, tuple)) else [int(out)]
+
+
+def build_dataset(cfg, is_train: bool):
+    """Training set (augmented samples with targets) of ``DATASET.DATASET`` on split ``DATASET.TRAIN``
+    (``is_train``) or ``DATASET.TEST`` (no augmentation: HigherHRNet asserts is_train for transforms).
+    """
+    _ensure_data(cfg)
+    ds = cfg.DATASET
+    if ds.DATASET not in _TRAIN_CLASSES:
+        raise ValueError(f"DATASET.DATASET = {ds.DATASET!r}: choose one of {sorted(_TRAIN_CLASSES)}")
+    spec = spec_from_cfg(cfg)
+    sizes = _output_sizes(cfg)
+    transforms = build_transforms(cfg, spec.flip_index) if is_train else None
+    heatmap_cls = ScaleAwareHeatmapGenerator if ds.SCALE_AWARE_SIGMA else HeatmapGenerator
+    heatmap_generators = [heatmap_cls(r, ds.NUM_JOINTS, ds.SIGMA) for r in sizes]
+    joints_generators = [JointsGenerator(ds.MAX_NUM_PEOPLE, ds.NUM_JOINTS, r, cfg.MODEL.TAG_PER_JOINT) for r in sizes]
+    return _TRAIN_CLASSES[ds.DATASET](
+        ds.ROOT,
+        ds.TRAIN if is_train else ds.TEST,
+        spec,
+        heatmap_generators,
+        joints_generators,
+        transforms,
+        data_format=ds.DATA_FORMAT,
+        remove_images_without_annotations=is_train,
+        with_center=ds.WITH_CENTER,
+        scale_aware_sigma=ds.SCALE_AWARE_SIGMA,
+        base_size=ds.BASE_SIZE,
+        base_sigma=ds.BASE_SIGMA,
+        int_sigma=ds.INT_SIGMA,
+    )
+
+
+def build_test_dataset(cfg) -> CocoDataset:
+    """Test set of ``DATASET.DATASET_TEST`` on split ``DATASET.TEST``."""
+    _ensure_data(cfg)
+    ds = cfg.DATASET
+    if ds.DATASET_TEST not in _TEST_CLASSES:
+        raise ValueError(f"DATASET.DATASET_TEST = {ds.DATASET_TEST!r}: choose one of {sorted(_TEST_CLASSES)}")
+    return _TEST_CLASSES[ds.DATASET_TEST](ds.ROOT, ds.TEST, ds.DATA_FORMAT, spec_from_cfg(cfg))
+
+
+def worker_init_fn(worker_id: int) -> None:
+    """Give each DataLoader worker its own augmentation stream (see the module docstring)."""
+    info = torch.utils.data.get_worker_info()
+    seed = torch.initial_seed()  # base_seed + worker_id, drawn anew by the loader every epoch
+    np.random.seed(seed % 2**32)  # noqa: NPY002 (legacy global generator, for any code still using it)
+    random.seed(seed)
+    if info is not None and hasattr(info.dataset, "reseed"):
+        info.dataset.reseed(seed)
+
+
+def _rank() -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return int(os.environ.get("RANK", 0))
+
+
+def make_dataloader(cfg, is_train: bool = True, distributed: bool = False) -> torch.utils.data.DataLoader:
+    """Training loader: batches ``(images (B,3,S,S), [heatmaps (B,K,R,R)], [masks (B,R,R)], [joints (B,M,K,2)])``.
+
+    Batch = ``TRAIN.IMAGES_PER_GPU`` per process; DistributedSampler (``drop_last`` for training)
+    when ``distributed``; ``WORKERS`` workers (persistent when > 0); pinned memory only with CUDA.
+    """
+    dataset = build_dataset(cfg, is_train)
+    seed = int(cfg.TRAIN.SEED)
+    rank = _rank() if distributed else 0
+    generator = None
+    if seed >= 0:
+        generator = torch.Generator()
+        generator.manual_seed(seed + 1_000_003 * rank)
+    if distributed:
+        sampler = torch.utils.data.distributed.DistributedSampler(
+            dataset, shuffle=is_train, seed=max(seed, 0), drop_last=is_train
+        )
+        shuffle = False
+    else:
+        sampler = None
+        shuffle = is_train
+    workers = int(cfg.WORKERS)
+    if workers == 0:
+        base = generator.initial_seed() if generator is not None else torch.initial_seed()
+        dataset.reseed(base)
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=int(cfg.TRAIN.IMAGES_PER_GPU),
+        shuffle=shuffle,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=bool(cfg.PIN_MEMORY) and torch.cuda.is_available(),
+        worker_init_fn=worker_init_fn,
+        generator=generator,
+        persistent_workers=workers > 0,
+    )
+
+
+def _identity_collate(batch: list):
+    return batch[0]
+
+
+def make_test_dataloader(cfg) -> tuple[torch.utils.data.DataLoader, CocoDataset]:
+    """Test loader (batch 1, sample returned as is) and its dataset."""
+    dataset = build_test_dataset(cfg)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=1, shuffle=False, num_workers=0, pin_memory=False, collate_fn=_identity_collate
+    )
+    return loader, dataset

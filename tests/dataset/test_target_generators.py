@@ -1,0 +1,108 @@
+"""Vectorised target generators == HigherHRNet's loops (reference_targets.py), on random and real joints."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from higherpose.dataset.target_generators import HeatmapGenerator, JointsGenerator, ScaleAwareHeatmapGenerator
+
+from .reference_targets import heatmaps_loop, joints_loop, joints_official, random_joints
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("res,sigma", [(32, 1.0), (64, 2.0), (128, 2.0), (64, 1.5), (48, 0.7)])
+def test_heatmaps_equal_loop_random(seed: int, res: int, sigma: float) -> None:
+    rng = np.random.default_rng(seed)
+    joints = random_joints(rng, int(rng.integers(0, 35)), 17, res)
+    assert np.array_equal(HeatmapGenerator(res, 17, sigma)(joints), heatmaps_loop(joints, res, 17, sigma))
+    # Scale-aware: per-person σ in column 3; the 3-argument call of HigherHRNet's build works too.
+    assert np.array_equal(ScaleAwareHeatmapGenerator(res, 17, sigma)(joints), heatmaps_loop(joints, res, 17, None))
+
+
+@pytest.mark.parametrize("tag_per_joint", [True, False])
+@pytest.mark.parametrize("seed", range(6))
+def test_joints_equal_loop_random(seed: int, tag_per_joint: bool) -> None:
+    rng = np.random.default_rng(seed)
+    res = 64
+    joints = random_joints(rng, int(rng.integers(0, 45)), 17, res)
+    out = JointsGenerator(30, 17, res, tag_per_joint)(joints)
+    assert out.dtype == np.int64 and out.shape == (30, 17, 2)
+    assert np.array_equal(out, joints_loop(joints, 30, 17, res, tag_per_joint))
+
+
+def test_default_sigma_and_negative_coordinates() -> None:
+    assert HeatmapGenerator(128, 17).sigma == 2.0
+    # int() truncates toward zero: a joint at x = -0.6 lands on column 0; x = -1.0 is outside.
+    joints = np.array([[[-0.6, 5.0, 2.0], [-1.0, 5.0, 2.0], [3.0, 3.0, 0.0]]])
+    hm = HeatmapGenerator(16, 3, 1.0)(joints)
+    assert hm[0, 5, 0] == 1.0 and hm[1].max() == 0 and hm[2].max() == 0
+
+
+def test_overlapping_people_take_the_max() -> None:
+    joints = np.array([[[10.0, 10.0, 2.0]], [[12.0, 10.0, 1.0]]])
+    hm = HeatmapGenerator(32, 1, 2.0)(joints)
+    single = HeatmapGenerator(32, 1, 2.0)(joints[:1])
+    assert hm[0, 10, 10] == 1.0 and hm[0, 10, 12] == 1.0
+    assert np.all(hm >= single) and hm[0, 10, 11] == single[0, 10, 11]
+
+
+def test_joints_rows_match_official_when_persons_fit() -> None:
+    """Compaction only moves rows of persons without joints (the AE loss skips empty rows)."""
+    rng = np.random.default_rng(3)
+    joints = random_joints(rng, 12, 17, 64)
+    joints[4, :, 2] = 0  # a person without labelled joints
+    ours = JointsGenerator(30, 17, 64, True)(joints)
+    official = joints_official(joints, 30, 17, 64, True)
+    nonempty = official[official[:, :, 1].any(axis=1)]
+    assert np.array_equal(ours[: len(nonempty)], nonempty)
+    assert not ours[len(nonempty) :].any()
+
+
+def test_more_people_than_max_are_dropped_and_counted() -> None:
+    joints = np.zeros((35, 2, 3))
+    joints[:, 0] = (5.0, 6.0, 2.0)
+    gen = JointsGenerator(30, 2, 16, True)
+    out = gen(joints)
+    assert gen.last_overflow == 5 and gen.overflow == 5
+    assert np.all(out[:, 0] == (6 * 16 + 5, 1)) and not out[:, 1].any()
+
+
+def test_tag_index_points_at_the_joint_pixel() -> None:
+    rng = np.random.default_rng(1)
+    res, k = 64, 17
+    joints = random_joints(rng, 10, k, res)
+    out = JointsGenerator(30, k, res, True)(joints)
+    hm = HeatmapGenerator(res, k, 2.0)(joints)
+    idx = out[out[..., 1] == 1][:, 0]
+    j, rem = np.divmod(idx, res * res)
+    y, x = np.divmod(rem, res)
+    assert len(idx) > 0 and np.all(hm[j, y, x] == 1.0)  # each tag index sits on a heatmap peak
+
+
+@pytest.mark.parametrize(
+    "sample,json_path,num_joints",
+    [
+        ("coco_sample", "annotations/person_keypoints_val2017.json", 17),
+        ("crowdpose_sample", "json/crowdpose_test.json", 14),
+    ],
+)
+def test_equal_loop_on_real_samples(request, sample: str, json_path: str, num_joints: int) -> None:
+    root = request.getfixturevalue(sample)
+    anns = json.loads((root / json_path).read_text())["annotations"]
+    rng = np.random.default_rng(0)
+    for res in (128, 256):
+        for ann_group in (anns[:3], anns[3:]):
+            kp = np.array([a["keypoints"] for a in ann_group], dtype=np.float64).reshape(len(ann_group), num_joints, 3)
+            # Scale image coordinates into the map with a random sub-pixel affine, as augmentation does.
+            joints = kp.copy()
+            joints[..., :2] = kp[..., :2] * rng.uniform(0.2, 0.45) + rng.uniform(-10, 10, 2)
+            assert np.array_equal(
+                HeatmapGenerator(res, num_joints, 2)(joints), heatmaps_loop(joints, res, num_joints, 2)
+            )
+            for tpj in (True, False):
+                assert np.array_equal(
+                    JointsGenerator(30, num_joints, res, tpj)(joints), joints_loop(joints, 30, num_joints, res, tpj)
+                )
