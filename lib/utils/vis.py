@@ -20,7 +20,6 @@ as well as written, atomically.
 from __future__ import annotations
 
 import colorsys
-import logging
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -30,13 +29,8 @@ import cv2
 import numpy as np
 import torch
 
+from ..core.inference import IMAGENET_MEAN, IMAGENET_STD
 from ..dataset.specs import COCO, CROWDPOSE, KeypointSpec, spec_from_cfg
-
-logger = logging.getLogger(__name__)
-
-# torchvision Normalize constants HigherHRNet applies to every input image (RGB order).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _GOLDEN = 0.618033988749895
 
