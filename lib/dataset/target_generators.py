@@ -45,11 +45,16 @@ def _new_maps(num_joints: int, res: int) -> np.ndarray:
     return np.zeros(num_joints * res * res + 1, np.float32)
 
 
-def _paste_max(buf: np.ndarray, res: int, joint: np.ndarray, xs: np.ndarray, ys: np.ndarray, sigma: float) -> None:
-    """Max-merge the σ patch centred at each ``(joint, x, y)`` into the flat maps ``buf``, in place."""
+def _paste_max(
+    buf: np.ndarray, res: int, joint: np.ndarray, xs: np.ndarray, ys: np.ndarray, sigma: float, g: np.ndarray
+) -> None:
+    """Max-merge patch ``g`` (σ) centred at each ``(joint, x, y)`` into the flat maps ``buf``, in place.
+
+    ``buf`` holds ``K·R·R`` map values plus one spare element: window pixels outside the map are sent
+    there, so the scatter needs no boolean compaction (the spare value is dropped by the caller).
+    """
     if len(xs) == 0:
         return
-    g = gaussian_patch(sigma)
     # Window corners exactly as HigherHRNet: ul = round(x - 3σ - 1), br = round(x + 3σ + 2) (exclusive).
     ul_x = np.round(xs - 3 * sigma - 1).astype(np.int64)
     ul_y = np.round(ys - 3 * sigma - 1).astype(np.int64)
@@ -59,19 +64,17 @@ def _paste_max(buf: np.ndarray, res: int, joint: np.ndarray, xs: np.ndarray, ys:
     patch = np.zeros((span, span), np.float32)  # g cut or zero-padded to the widest window
     h, w = min(span, g.shape[0]), min(span, g.shape[1])
     patch[:h, :w] = g[:h, :w]
-    off = np.arange(span)
-    px = ul_x[:, None] + off  # (N, S) map columns covered by each window
-    py = ul_y[:, None] + off
-    ok_x = (px >= 0) & (px < res) & (px < br_x[:, None]) & (off < g.shape[1])
-    ok_y = (py >= 0) & (py < res) & (py < br_y[:, None]) & (off < g.shape[0])
-    # Pixels outside the map or the window are sent to one spare element past the end, so the
-    # scatter needs no boolean compaction.
     spare = len(buf) - 1
-    rows = np.where(ok_y, (joint[:, None] * res + py) * res, spare)  # (N, S)
-    cols = np.where(ok_x, px, 0)
-    flat = rows[:, :, None] + cols[:, None, :]  # (N, S, S)
-    flat = np.where(ok_x[:, None, :], flat, spare).reshape(-1)
-    flat = np.minimum(flat, spare)
+    itype = np.int32 if spare < 2**31 - 2 * res * res else np.int64
+    off = np.arange(span, dtype=itype)
+    px = ul_x.astype(itype)[:, None] + off  # (N, S) map columns / rows covered by each window
+    py = ul_y.astype(itype)[:, None] + off
+    bad_x = (px < 0) | (px >= res) | (px >= br_x[:, None]) | (off >= g.shape[1])
+    bad_y = (py < 0) | (py >= res) | (py >= br_y[:, None]) | (off >= g.shape[0])
+    rows = (joint.astype(itype)[:, None] * res + py) * res
+    rows[bad_y] = spare  # any sum with an out-of-window row or column is >= spare
+    px[bad_x] = spare
+    flat = np.minimum(rows[:, :, None] + px[:, None, :], spare).reshape(-1)  # (N·S·S,)
     np.maximum.at(buf, flat, np.broadcast_to(patch, (len(xs), span, span)).reshape(-1))
 
 
@@ -88,7 +91,7 @@ class HeatmapGenerator:
         res = self.output_res
         buf = _new_maps(self.num_joints, res)
         _, joint, xs, ys = _valid_points(joints, res)
-        _paste_max(buf, res, joint, xs, ys, self.sigma)
+        _paste_max(buf, res, joint, xs, ys, self.sigma, self.g)
         return buf[:-1].reshape(self.num_joints, res, res)
 
 
@@ -122,7 +125,7 @@ class ScaleAwareHeatmapGenerator:
         # One patch per distinct σ (at most one per person): a loop over persons, not persons × joints.
         for sigma in np.unique(sigmas):
             sel = sigmas == sigma
-            _paste_max(buf, res, joint[sel], xs[sel], ys[sel], float(sigma))
+            _paste_max(buf, res, joint[sel], xs[sel], ys[sel], float(sigma), gaussian_patch(float(sigma)))
         return buf[:-1].reshape(self.num_joints, res, res)
 
 
