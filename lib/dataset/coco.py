@@ -247,6 +247,12 @@ class KeypointsMixin:
             self.ids = [i for i in self.ids if len(self.coco.getAnnIds(imgIds=i, iscrowd=None)) > 0]
         self._rng: np.random.Generator | None = None
         self._mask_cache: dict[int, dict | None] = {}
+        self._overflow = multiprocessing.Value("i", 0)
+
+    @property
+    def num_overflow_persons(self) -> int:
+        """Persons left out of the AE joints because a sample had more than MAX_NUM_PEOPLE (all workers)."""
+        return int(self._overflow.value)
 
     # -- randomness ---------------------------------------------------------------------------------
     def reseed(self, seed: int) -> None:
@@ -308,6 +314,10 @@ class KeypointsMixin:
             heatmaps.append(self.heatmap_generator[s](joints_list[s]).astype(np.float32, copy=False))
             masks[s] = np.asarray(masks[s], dtype=np.float32)
             tags.append(self.joints_generator[s](joints_list[s]).astype(np.int64, copy=False))
+        dropped = getattr(self.joints_generator[0], "last_overflow", 0)
+        if dropped:
+            with self._overflow.get_lock():
+                self._overflow.value += dropped
         return image, heatmaps, masks, tags
 
     def __getitem__(self, index: int):

@@ -150,3 +150,21 @@ def test_synthetic_flag_generates_missing_root(tmp_path, monkeypatch) -> None:
     assert calls == [str(root)] and len(ds) >= 1
     image, heatmaps, masks, joints = ds[0]
     assert image.shape == (3, 256, 256)
+
+
+def test_with_center_adds_the_mean_joint(coco_sample) -> None:
+    cfg = _cfg(coco_sample, "DATASET.WITH_CENTER", "True", "WORKERS", "0")
+    ds = build_dataset(cfg, is_train=False)
+    assert ds.spec.num_joints == 18 and ds.spec.flip_index[17] == 17
+    anns = [a for a in ds.load_anns(785)]
+    joints = ds.get_joints(anns)
+    kp = np.asarray(anns[0]["keypoints"], dtype=np.float64).reshape(17, 3)
+    assert joints.shape == (1, 18, 3) and np.allclose(joints[0, 17], [*kp[:, :2].mean(axis=0), 1])
+
+
+def test_overflowing_persons_are_counted(coco_sample) -> None:
+    cfg = _cfg(coco_sample, "DATASET.MAX_NUM_PEOPLE", "2", "WORKERS", "0")
+    ds = build_dataset(cfg, is_train=False)  # no augmentation: joints in image pixels
+    ds.joints_generator = [type(g)(2, 17, 640, True) for g in ds.joints_generator]
+    ds[ds.ids.index(197388)]  # 5 labelled persons
+    assert ds.num_overflow_persons == 3
