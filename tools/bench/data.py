@@ -114,14 +114,22 @@ def bench_targets(quick: bool) -> list[dict]:
 
 
 def bench_getitem(quick: bool, root: str) -> list[dict]:
+    from types import SimpleNamespace
+
+    from higherpose.config import cfg as default_cfg
+    from higherpose.config import update_config
     from higherpose.dataset.build import build_dataset
-    from tests.conftest import TINY_HRNET, load_cfg
+
+    def load_cfg(path, *opts):
+        cfg = default_cfg.clone()
+        update_config(cfg, SimpleNamespace(cfg=str(path), opts=[str(o) for o in opts]))
+        return cfg
 
     results = []
     n = 20 if quick else 100
     for size in (256, 512):
         cfg = load_cfg(
-            TINY_HRNET,
+            REPO / "experiments" / "synthetic" / "higher_hrnet_tiny.yaml",
             "DATASET.ROOT",
             root,
             "DATASET.INPUT_SIZE",
@@ -174,7 +182,5 @@ def run(quick: bool = False) -> list[dict]:
 
 
 if __name__ == "__main__":
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
     for r in run(quick="--quick" in sys.argv):
         print(f"{r['name']:28s} {r['value']:>10} {r['unit']:10s} {r['detail']}")
