@@ -1,0 +1,276 @@
+"""HeatmapParser: the vectorised adjust / refine and the linear_sum_assignment matching equal HigherHRNet's
+loops (kept here as references); persons are kept apart even when their first tags collide."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from higherpose.core.group import HeatmapParser, Params, match_by_tag
+from tests.conftest import TINY_HRNET, load_cfg
+
+# ---------------------------------------------------------------- references (HigherHRNet's loops)
+
+
+def brute_force_assignment(cost):
+    """Min-cost assignment of every row (rows <= cols) by enumeration: [(row, col)] sorted by row."""
+    rows, cols = cost.shape
+    best, best_cols = None, None
+    for perm in itertools.permutations(range(cols), rows):
+        total = sum(cost[r, c] for r, c in enumerate(perm))
+        if best is None or total < best:
+            best, best_cols = total, perm
+    return list(enumerate(best_cols))
+
+
+def lsa_checked_against_brute_force(cost):
+    """linear_sum_assignment's pairs, after checking that their total cost is the brute-force minimum.
+
+    With ``round(d) * 100 - val`` costs every full assignment contains each row's val once, so totals tie
+    whenever the rounded distances do; Munkres and linear_sum_assignment may then pick different
+    optimal assignments (a documented difference). Only optimality can be compared there."""
+    from scipy.optimize import linear_sum_assignment
+
+    rows, cols = linear_sum_assignment(cost)
+    pairs = list(zip(rows.tolist(), cols.tolist()))
+    best = brute_force_assignment(cost)
+    assert np.isclose(sum(cost[r, c] for r, c in pairs), sum(cost[r, c] for r, c in best), rtol=0, atol=1e-6)
+    return pairs
+
+
+def ref_match_by_tag(tag_k, loc_k, val_k, params, assign=brute_force_assignment):
+    """HigherHRNet's match_by_tag (dict keyed by the first tag) with a brute-force Munkres."""
+    default_ = np.zeros((params.num_joints, 3 + tag_k.shape[2]))
+    joint_dict, tag_dict = {}, {}
+    for i in range(params.num_joints):
+        idx = params.joint_order[i]
+        tags = tag_k[idx]
+        joints = np.concatenate((loc_k[idx], val_k[idx, :, None], tags), 1)
+        mask = joints[:, 2] > params.detection_threshold
+        tags, joints = tags[mask], joints[mask]
+        if joints.shape[0] == 0:
+            continue
+        if i == 0 or len(joint_dict) == 0:
+            for tag, joint in zip(tags, joints):
+                key = tag[0]
+                joint_dict.setdefault(key, np.copy(default_))[idx] = joint
+                tag_dict[key] = [tag]
+        else:
+            grouped_keys = list(joint_dict.keys())[: params.max_num_people]
+            grouped_tags = [np.mean(tag_dict[i], axis=0) for i in grouped_keys]
+            if params.ignore_too_much and len(grouped_keys) == params.max_num_people:
+                continue
+            diff = joints[:, None, 3:] - np.array(grouped_tags)[None, :, :]
+            diff_normed = np.linalg.norm(diff, ord=2, axis=2)
+            diff_saved = np.copy(diff_normed)
+            if params.use_detection_val:
+                diff_normed = np.round(diff_normed) * 100 - joints[:, 2:3]
+            num_added, num_grouped = diff.shape[0], diff.shape[1]
+            if num_added > num_grouped:
+                diff_normed = np.concatenate(
+                    (diff_normed, np.zeros((num_added, num_added - num_grouped)) + 1e10), axis=1
+                )
+            for row, col in assign(diff_normed):
+                if row < num_added and col < num_grouped and diff_saved[row][col] < params.tag_threshold:
+                    key = grouped_keys[col]
+                    joint_dict[key][idx] = joints[row]
+                    tag_dict[key].append(tags[row])
+                else:
+                    key = tags[row][0]
+                    joint_dict.setdefault(key, np.copy(default_))[idx] = joints[row]
+                    tag_dict[key] = [tags[row]]
+    return np.array([joint_dict[i] for i in joint_dict]).astype(np.float32)
+
+
+def ref_adjust(ans, det):
+    for batch_id, people in enumerate(ans):
+        for people_id, i in enumerate(people):
+            for joint_id, joint in enumerate(i):
+                if joint[2] > 0:
+                    y, x = joint[0:2]
+                    xx, yy = int(x), int(y)
+                    tmp = det[batch_id][joint_id]
+                    if tmp[xx, min(yy + 1, tmp.shape[1] - 1)] > tmp[xx, max(yy - 1, 0)]:
+                        y += 0.25
+                    else:
+                        y -= 0.25
+                    if tmp[min(xx + 1, tmp.shape[0] - 1), yy] > tmp[max(0, xx - 1), yy]:
+                        x += 0.25
+                    else:
+                        x -= 0.25
+                    ans[batch_id][people_id, joint_id, 0:2] = (y + 0.5, x + 0.5)
+    return ans
+
+
+def ref_refine(det, tag, keypoints):
+    """HigherHRNet's per-person refine: det (K, H, W), tag (K, H, W, L), keypoints (K, 3+L)."""
+    tags = []
+    for i in range(keypoints.shape[0]):
+        if keypoints[i, 2] > 0:
+            x, y = keypoints[i][:2].astype(np.int32)
+            tags.append(tag[i, y, x])
+    prev_tag = np.mean(tags, axis=0)
+    ans = []
+    for i in range(keypoints.shape[0]):
+        tmp = det[i, :, :]
+        tt = ((tag[i, :, :] - prev_tag[None, None, :]) ** 2).sum(axis=2) ** 0.5
+        tmp2 = tmp - np.round(tt)
+        y, x = np.unravel_index(np.argmax(tmp2), tmp.shape)
+        xx, yy = x, y
+        val = tmp[y, x]
+        x += 0.5
+        y += 0.5
+        x += 0.25 if tmp[yy, min(xx + 1, tmp.shape[1] - 1)] > tmp[yy, max(xx - 1, 0)] else -0.25
+        y += 0.25 if tmp[min(yy + 1, tmp.shape[0] - 1), xx] > tmp[max(0, yy - 1), xx] else -0.25
+        ans.append((x, y, val))
+    ans = np.array(ans)
+    for i in range(det.shape[0]):
+        if ans[i, 2] > 0 and keypoints[i, 2] == 0:
+            keypoints[i, :2] = ans[i, :2]
+            keypoints[i, 2] = ans[i, 2]
+    return keypoints
+
+
+# ---------------------------------------------------------------- synthetic maps
+
+
+def make_maps(num_people, k=17, h=48, w=64, tags_l=2, seed=0, drop=0.3):
+    """Gaussian blobs per person/joint (some dropped), one tag value per person plus noise."""
+    rng = np.random.default_rng(seed)
+    det = rng.random((1, k, h, w)).astype(np.float32) * 0.05
+    tag = rng.normal(0, 0.05, (1, k, h, w, tags_l)).astype(np.float32)
+    ys, xs = np.mgrid[0:h, 0:w]
+    for p in range(num_people):
+        person_tag = 2.0 * p + rng.normal(0, 0.1)
+        for j in range(k):
+            if rng.random() < drop:
+                continue
+            cx, cy = rng.uniform(2, w - 3), rng.uniform(2, h - 3)
+            blob = np.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / 4.0) * rng.uniform(0.3, 1.0)
+            det[0, j] = np.maximum(det[0, j], blob)
+            near = ((xs - cx) ** 2 + (ys - cy) ** 2) < 9
+            tag[0, j][near] = person_tag + rng.normal(0, 0.05, (near.sum(), tags_l))
+    return torch.from_numpy(det), torch.from_numpy(tag)
+
+
+def _cfg(*opts):
+    return load_cfg(TINY_HRNET, "DATASET.MAX_NUM_PEOPLE", 8, *opts)
+
+
+# ---------------------------------------------------------------- tests
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_match_by_tag_equals_munkres_reference(seed):
+    """Raw tag distances (USE_DETECTION_VAL False): unique optimum, so exactly the brute-force result."""
+    cfg = _cfg("TEST.USE_DETECTION_VAL", False)
+    params, parser = Params.from_cfg(cfg), HeatmapParser(cfg)
+    det, tag = make_maps(4, seed=seed)
+    top = parser.top_k(det, tag)
+    got = match_by_tag(top["tag_k"][0], top["loc_k"][0], top["val_k"][0], params)
+    want = ref_match_by_tag(top["tag_k"][0], top["loc_k"][0], top["val_k"][0], params)
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_match_by_tag_official_cost_is_optimal(seed):
+    """Official cost (round(d) * 100 - val): same persons as the reference driven by an assignment of
+    brute-force-optimal total cost."""
+    params, parser = Params.from_cfg(_cfg()), HeatmapParser(_cfg())
+    det, tag = make_maps(4, seed=seed)
+    top = parser.top_k(det, tag)
+    got = match_by_tag(top["tag_k"][0], top["loc_k"][0], top["val_k"][0], params)
+    want = ref_match_by_tag(
+        top["tag_k"][0], top["loc_k"][0], top["val_k"][0], params, assign=lsa_checked_against_brute_force
+    )
+    np.testing.assert_array_equal(got, want)
+
+
+def test_assignment_equals_brute_force_on_small_matrices():
+    from scipy.optimize import linear_sum_assignment
+
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        rows, cols = rng.integers(1, 6), rng.integers(1, 6)
+        cost = rng.random((rows, cols)) * 300 - rng.random((rows, 1))  # continuous: unique optimum
+        if rows > cols:
+            cost = np.concatenate((cost, np.zeros((rows, rows - cols)) + 1e10), axis=1)
+        r, c = linear_sum_assignment(cost)
+        # Dummy (1e10) columns are interchangeable: only which rows get which real column matters.
+        got = [(a, b if b < cols else -1) for a, b in zip(r.tolist(), c.tolist())]
+        assert got == [(a, b if b < cols else -1) for a, b in brute_force_assignment(cost)]
+
+
+def test_colliding_first_tags_stay_separate_persons():
+    params = Params.from_cfg(_cfg("TEST.DETECTION_THRESHOLD", 0.1))
+    k = params.num_joints
+    tag_k = np.zeros((k, 8, 1), np.float32)
+    loc_k = np.zeros((k, 8, 2), np.int64)
+    val_k = np.zeros((k, 8), np.float32)
+    # Two noses with the same tag value (0.5) at different places: the official dict kept only one.
+    val_k[0, :2] = 0.9
+    loc_k[0, 0], loc_k[0, 1] = (3, 4), (20, 30)
+    tag_k[0, :2, 0] = 0.5
+    persons = match_by_tag(tag_k, loc_k, val_k, params)
+    assert persons.shape == (2, k, 4)
+    assert len(ref_match_by_tag(tag_k, loc_k, val_k, params)) == 1  # the official bug
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_adjust_equals_loop(seed):
+    parser = HeatmapParser(_cfg())
+    det, tag = make_maps(5, seed=seed)
+    det = torch.cat([det, det.flip(3)])  # two images
+    tag = torch.cat([tag, tag.flip(3)])
+    ans = parser.match(**parser.top_k(det, tag))
+    want = ref_adjust([a.copy() for a in ans], det)
+    got = parser.adjust([a.copy() for a in ans], det)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("tags_l", [1, 2])
+def test_refine_equals_per_person_loop(seed, tags_l):
+    parser = HeatmapParser(_cfg())
+    det, tag = make_maps(6, seed=seed, tags_l=tags_l, drop=0.5)
+    ans = parser.adjust(parser.match(**parser.top_k(det, tag)), det)[0]
+    assert (ans[:, :, 2] == 0).any()  # there is something to refine
+    want = np.stack([ref_refine(det[0].numpy(), tag[0].numpy(), p.copy()) for p in ans])
+    got = parser.refine(det[0], tag[0], ans.copy())
+    np.testing.assert_array_equal(got, want)
+
+
+def test_refine_with_one_shared_tag_map():
+    cfg = _cfg("MODEL.TAG_PER_JOINT", False)
+    parser = HeatmapParser(cfg)
+    det, tag = make_maps(3, seed=7, drop=0.5)
+    shared = tag[:, :1]  # (1, 1, H, W, L)
+    ans = parser.adjust(parser.match(**parser.top_k(det, shared)), det)[0]
+    tiled = np.tile(shared[0].numpy(), (17, 1, 1, 1))
+    want = np.stack([ref_refine(det[0].numpy(), tiled, p.copy()) for p in ans])
+    np.testing.assert_array_equal(parser.refine(det[0], shared[0], ans.copy()), want)
+
+
+def test_parse_scores_before_refine_and_empty_input():
+    parser = HeatmapParser(_cfg())
+    det, tag = make_maps(3, seed=2, drop=0.5)
+    grouped, scores = parser.parse(det, tag, adjust=True, refine=True)
+    unrefined = parser.adjust(parser.match(**parser.top_k(det, tag)), det)[0]
+    np.testing.assert_allclose(scores, unrefined[:, :, 2].mean(axis=1), rtol=1e-6)
+    assert (grouped[0][:, :, 2] >= unrefined[:, :, 2]).all()
+
+    grouped, scores = parser.parse(torch.zeros(1, 17, 16, 16), torch.zeros(1, 17, 16, 16, 1))
+    assert grouped[0].shape == (0, 17, 4) and scores == []
+
+
+def test_joint_order_comes_from_the_spec():
+    crowd = load_cfg(
+        TINY_HRNET, "DATASET.DATASET", "crowd_pose_kpt", "DATASET.DATASET_TEST", "crowd_pose",
+        "DATASET.NUM_JOINTS", 14, "MODEL.NUM_JOINTS", 14,
+    )  # fmt: skip
+    assert Params.from_cfg(crowd).joint_order == (0, 1, 2, 3, 4, 5, 6, 11, 12, 7, 8, 9, 10, 13)
+    assert Params.from_cfg(_cfg()).joint_order == (0, 1, 2, 3, 4, 5, 6, 11, 12, 7, 8, 9, 10, 13, 14, 15, 16)

@@ -1,0 +1,142 @@
+"""The vectorised AE loss equals HigherHRNet's per-person loop in value and gradient; MultiLossFactory
+follows the official stage/offset/factor semantics."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from higherpose.core.loss import AELoss, HeatmapLoss, MultiLossFactory
+from tests.conftest import TINY_HRNET, load_cfg
+
+
+def loop_single_tag_loss(pred_tag, joints, loss_type):
+    """HigherHRNet's AELoss.singleTagLoss (reference), zeros on the tags' device instead of .cuda()."""
+    tags, pull = [], 0
+    for joints_per_person in joints:
+        tmp = [pred_tag[j[0]] for j in joints_per_person if j[1] > 0]
+        if not tmp:
+            continue
+        tmp = torch.stack(tmp)
+        tags.append(torch.mean(tmp, dim=0))
+        pull = pull + torch.mean((tmp - tags[-1].expand_as(tmp)) ** 2)
+    n = len(tags)
+    zero = pred_tag.new_zeros(1).sum()
+    if n == 0:
+        return zero, zero
+    if n == 1:
+        return zero, pull / n
+    tags = torch.stack(tags)
+    a = tags.expand(n, n)
+    diff = a - a.permute(1, 0)
+    if loss_type == "exp":
+        push = torch.exp(-torch.pow(diff, 2)).sum() - n
+    else:
+        push = torch.clamp(1 - torch.abs(diff), min=0).sum() - n
+    return push / ((n - 1) * n) * 0.5, pull / n
+
+
+def loop_ae_loss(tags, joints, loss_type):
+    pushes, pulls = [], []
+    for i in range(tags.size(0)):
+        push, pull = loop_single_tag_loss(tags[i], joints[i].tolist(), loss_type)
+        pushes.append(push)
+        pulls.append(pull)
+    return torch.stack(pushes), torch.stack(pulls)
+
+
+def random_joints(b, m, k, res, persons, seed=0):
+    """(B, M, K, 2) like JointsGenerator: flat index j*R*R + y*R + x, visibility; persons[i] per image."""
+    g = torch.Generator().manual_seed(seed)
+    joints = torch.zeros(b, m, k, 2, dtype=torch.int64)
+    for i, n in enumerate(persons):
+        for p in range(n):
+            vis = torch.rand(k, generator=g) < 0.7
+            pix = torch.randint(0, res * res, (k,), generator=g)
+            slot = 0
+            for j in range(k):
+                if vis[j]:
+                    joints[i, p, slot] = torch.tensor([j * res * res + pix[j], 1])
+                    slot += 1
+    return joints
+
+
+@pytest.mark.parametrize("loss_type", ["exp", "max"])
+@pytest.mark.parametrize("persons", [[0, 1, 2, 5], [30, 3]])
+def test_ae_loss_equals_loop(loss_type, persons):
+    b, m, k, res = len(persons), 30, 17, 16
+    joints = random_joints(b, m, k, res, persons)
+    base = torch.randn(b, k * res * res, 1, dtype=torch.float64) * 2
+    t1 = base.clone().requires_grad_(True)
+    t2 = base.clone().requires_grad_(True)
+    push, pull = AELoss(loss_type)(t1, joints)
+    push_ref, pull_ref = loop_ae_loss(t2, joints, loss_type)
+    torch.testing.assert_close(push, push_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(pull, pull_ref, rtol=1e-12, atol=1e-12)
+    w = torch.rand(b, dtype=torch.float64)
+    ((push * w).sum() + (pull * w * 3).sum()).backward()
+    ((push_ref * w).sum() + (pull_ref * w * 3).sum()).backward()
+    torch.testing.assert_close(t1.grad, t2.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_ae_loss_zero_and_one_person():
+    k, res = 17, 8
+    joints = random_joints(2, 30, k, res, [0, 1], seed=3)
+    tags = torch.randn(2, k * res * res, 1, requires_grad=True)
+    push, pull = AELoss("exp")(tags, joints)
+    assert push.tolist() == [0.0, 0.0]
+    assert pull[0].item() == 0.0 and pull[1].item() > 0
+    assert push.device == tags.device and push.shape == (2,)
+    pull.sum().backward()
+    assert torch.isfinite(tags.grad).all()
+
+
+def test_ae_loss_rejects_unknown_type():
+    with pytest.raises(ValueError, match="AE_LOSS_TYPE"):
+        AELoss("l2")
+
+
+def test_heatmap_loss_official_normalisation():
+    pred, gt = torch.rand(2, 3, 4, 5), torch.rand(2, 3, 4, 5)
+    mask = (torch.rand(2, 4, 5) > 0.5).float()
+    want = ((pred - gt) ** 2 * mask[:, None]).sum(dim=(1, 2, 3)) / (3 * 4 * 5)  # masked pixels count
+    torch.testing.assert_close(HeatmapLoss()(pred, gt, mask), want)
+
+
+def test_multi_loss_factory_stages_offsets_factors():
+    cfg = load_cfg(TINY_HRNET, "LOSS.PUSH_LOSS_FACTOR", "[0.5, 0.001]", "LOSS.PULL_LOSS_FACTOR", "[0.25, 0.001]")
+    k = cfg.MODEL.NUM_JOINTS
+    factory = MultiLossFactory(cfg)
+    assert factory.push_loss_factor == [0.5, 0.001] and factory.heatmaps_loss_factor == [1.0, 1.0]
+    b = 3
+    outputs = [torch.randn(b, 2 * k, 8, 8, requires_grad=True), torch.randn(b, k, 16, 16)]
+    heatmaps = [torch.rand(b, k, 8, 8), torch.rand(b, k, 16, 16)]
+    masks = [torch.ones(b, 8, 8), torch.ones(b, 16, 16)]
+    joints = [random_joints(b, 30, k, 8, [2, 0, 4]), random_joints(b, 30, k, 16, [2, 0, 4])]
+    hm, push, pull = factory(outputs, heatmaps, masks, joints)
+    assert push[1] is None and pull[1] is None and all(h.shape == (b,) for h in hm)
+    torch.testing.assert_close(hm[0], HeatmapLoss()(outputs[0][:, :k], heatmaps[0], masks[0]))
+    ref_push, ref_pull = loop_ae_loss(outputs[0][:, k:].reshape(b, -1, 1), joints[0], "exp")
+    torch.testing.assert_close(push[0], ref_push * 0.5)
+    torch.testing.assert_close(pull[0], ref_pull * 0.25)
+    factory.push_loss_factor[0] = 1.0  # a trainer's AE warm-up may rescale
+    torch.testing.assert_close(factory(outputs, heatmaps, masks, joints)[1][0], ref_push)
+
+
+def test_multi_loss_factory_tag_offset_without_heatmap_loss():
+    cfg = load_cfg(TINY_HRNET, "LOSS.WITH_HEATMAPS_LOSS", "[False, True]")
+    k = cfg.MODEL.NUM_JOINTS
+    outputs = [torch.randn(1, k, 8, 8), torch.randn(1, k, 16, 16)]  # stage 0: tags only, offset 0
+    joints = [random_joints(1, 30, k, 8, [3]), random_joints(1, 30, k, 16, [3])]
+    hm, push, _ = MultiLossFactory(cfg)(
+        outputs, [None, torch.rand(1, k, 16, 16)], [None, torch.ones(1, 16, 16)], joints
+    )
+    assert hm[0] is None
+    ref_push, _ = loop_ae_loss(outputs[0].reshape(1, -1, 1), joints[0], "exp")
+    torch.testing.assert_close(push[0], ref_push * 0.001)
+
+
+def test_multi_loss_factory_checks_lengths():
+    cfg = load_cfg(TINY_HRNET)
+    with pytest.raises(ValueError, match="NUM_STAGES"):
+        MultiLossFactory(cfg)([torch.zeros(1)], [None], [None], [None])
