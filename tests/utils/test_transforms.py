@@ -1,0 +1,56 @@
+"""utils.transforms: official formulas (integer-rounded centre, long side rounded up to 64), the
+vectorised transform_preds equals the per-point loop, and resize -> inverse map is the identity."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from higherpose.utils.transforms import (
+    affine_transform,
+    get_affine_transform,
+    get_final_preds,
+    get_multi_scale_size,
+    resize_align_multi_scale,
+    transform_preds,
+)
+
+
+def test_multi_scale_size_official_values():
+    image = np.zeros((425, 640, 3), np.uint8)
+    (w, h), center, scale = get_multi_scale_size(image, 512, 1.0, 1.0)
+    assert (w, h) == (832, 512)  # 640 / 425 * 512 = 771 -> rounded up to 832
+    assert center.tolist() == [320, 213]  # int(212.5 + 0.5)
+    np.testing.assert_allclose(scale, [832 / 512 * 425 / 200, 425 / 200])
+    (w, h), _, _ = get_multi_scale_size(np.zeros((640, 427, 3)), 512, 2.0, 0.5)
+    assert (w, h) == (1024, 1536)  # min input 256; portrait: w = 256 * 2 / 0.5
+
+
+def test_transform_preds_equals_loop():
+    rng = np.random.default_rng(0)
+    coords = rng.random((17, 5)) * 200
+    center, scale = np.array([320, 213]), np.array([3.2, 2.1])
+    trans = get_affine_transform(center, scale, 0, (256, 192), inv=1)
+    want = coords.copy()
+    for p in range(coords.shape[0]):
+        want[p, 0:2] = affine_transform(coords[p, 0:2], trans)
+    np.testing.assert_allclose(transform_preds(coords, center, scale, (256, 192)), want, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("shape", [(425, 640), (640, 427)])
+def test_resize_then_inverse_is_identity(shape):
+    image = np.zeros((*shape, 3), np.uint8)
+    resized, center, scale = resize_align_multi_scale(image, 256, 1.0, 1.0)
+    size = (resized.shape[1], resized.shape[0])
+    fwd = get_affine_transform(center, scale, 0, size)
+    pts = np.array([[10.0, 20.0, 0.9], [300.0, 400.0, 0.5]])
+    on_input = pts.copy()
+    on_input[:, :2] = pts[:, :2] @ fwd[:, :2].T + fwd[:, 2]
+    back = get_final_preds([[on_input]], center, scale, size)
+    np.testing.assert_allclose(back[0], pts, atol=1e-3)
+
+
+def test_scalar_scale_and_rotation():
+    t = get_affine_transform(np.array([100.0, 100.0]), 1.0, 90, (200, 200))
+    # rotating by 90 degrees about the centre maps the centre to the output centre
+    np.testing.assert_allclose(affine_transform([100, 100], t), [100, 100], atol=1e-4)
