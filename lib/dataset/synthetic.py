@@ -19,6 +19,7 @@ after a ``.incomplete`` marker, so an interrupted run never looks complete.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import multiprocessing
@@ -484,7 +485,17 @@ def ensure_synthetic(root: str, num_train: int = 800, num_val: int = 100, seed: 
     """Generate the synthetic set under ``root`` unless a complete one is there. True if it generated."""
     if is_complete(root):
         return False
-    if verbose:
-        print(f"synthetic data set missing or incomplete under {root}: generating it (seed {seed})", flush=True)
-    generate(root, num_train, num_val, seed, verbose=verbose)
-    return True
+    # Several processes (DDP ranks) may get here at once: one generates, the others wait for it.
+    parent = os.path.dirname(os.path.abspath(root))
+    os.makedirs(parent, exist_ok=True)
+    with open(os.path.abspath(root) + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if is_complete(root):
+                return False
+            if verbose:
+                print(f"synthetic data set missing or incomplete under {root}: generating it (seed {seed})", flush=True)
+            generate(root, num_train, num_val, seed, verbose=verbose)
+            return True
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
