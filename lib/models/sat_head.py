@@ -320,13 +320,14 @@ class SATHead(nn.Module):
         )
 
     def reset_parameters(self) -> None:
-        """Transformer init (trunc-normal 0.02 Linears, unit LayerNorms, Kaiming convs, unit BNs), then
-        the zero gates, zero biases and zero dynamic-heatmap Linear that make the head start as identity.
+        """Transformer init (Linears normal(0.02) truncated at 2 std, unit LayerNorms, Kaiming convs, unit
+        BNs), then the zero gates, zero biases and zero dynamic-heatmap Linear that make the head start
+        as identity.
 
         Run after HigherHRNet's ``reset_parameters`` (which sets every Conv2d to N(0, 0.001^2))."""
         for m in self.modules():
             if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.trunc_normal_(m.weight, std=0.02, a=-0.04, b=0.04)
                 nn.init.zeros_(m.bias)
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
@@ -339,8 +340,8 @@ class SATHead(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
         if self.with_keypoints:
-            nn.init.trunc_normal_(self.kpt_embed, std=0.02)
-            nn.init.trunc_normal_(self.kpt_pos, std=0.02)
+            nn.init.trunc_normal_(self.kpt_embed, std=0.02, a=-0.04, b=0.04)
+            nn.init.trunc_normal_(self.kpt_pos, std=0.02, a=-0.04, b=0.04)
             for layer in self.kpt_layers:
                 if layer.hop_bias is not None:
                     nn.init.zeros_(layer.hop_bias)
