@@ -162,7 +162,9 @@ def export(model: nn.Module, path: str, example: torch.Tensor, names: list[str],
     os.close(fd)
     try:
         with warnings.catch_warnings():
+            # the TorchScript exporter announces its own deprecation; the dynamo one needs onnxscript
             warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx\..*")
             torch.onnx.export(
                 _TupleOutputs(model),
                 (example,),
