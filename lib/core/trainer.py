@@ -444,7 +444,10 @@ def fit(
 
         model = build_model(cfg, is_train=True)
     if cfg.MODEL.SYNC_BN and ctx.distributed:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if device.startswith("cuda"):
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        elif ctx.is_main:
+            logger.warning("=> MODEL.SYNC_BN ignored: SyncBatchNorm needs CUDA; BatchNorm stays per process")
     model = model.to(device)
     if cfg.TRAIN.CHANNELS_LAST:
         model = model.to(memory_format=torch.channels_last)
@@ -542,6 +545,10 @@ def fit(
                 logger.info(f"=> saved {CHECKPOINT_NAME} (epoch {epoch})")
             du.barrier()
 
+        if ctx.distributed:
+            # DDP broadcasts BN running stats at the start of each forward, so after the last step every
+            # rank has its own; give all ranks rank 0's (the ones saved) so the final models are equal.
+            du.broadcast_buffers_(unwrap(model))
         if ctx.is_main:
             save_atomic(bare_state_dict(model), os.path.join(output_dir, FINAL_NAME))
             logger.info(f"=> saved {FINAL_NAME} in {output_dir}")

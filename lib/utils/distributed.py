@@ -114,6 +114,13 @@ def all_reduce_max_(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def broadcast_buffers_(module: torch.nn.Module, src: int = 0) -> None:
+    """Overwrite every buffer (BN running stats, ...) with rank ``src``'s (a no-op single-process)."""
+    if is_dist():
+        for buffer in module.buffers():
+            dist.broadcast(buffer.data, src)
+
+
 def derive_seed(seed: int, epoch: int = 0, rank: int = 0) -> int:
     """A distinct, reproducible 31-bit seed per (run seed, epoch, rank)."""
     return (int(seed) * 1_000_003 + int(epoch) * 10_007 + int(rank) * 101) % (2**31 - 1)

@@ -1,0 +1,84 @@
+"""Distributed helpers without a process group (the single-process case every helper must support),
+backend choice, torchrun detection, free ports, seeding and RNG state round trips."""
+
+from __future__ import annotations
+
+import random
+import socket
+
+import numpy as np
+import pytest
+import torch
+
+from higherpose.utils import distributed as du
+
+
+def test_helpers_without_a_process_group():
+    assert not du.is_dist()
+    assert du.get_rank() == 0 and du.get_world_size() == 1 and du.is_main_process()
+    du.barrier()  # no-op, must not raise
+    flags = torch.tensor([0.0, 1.0])
+    assert torch.equal(du.all_reduce_max_(flags), torch.tensor([0.0, 1.0]))
+    du.init_distributed("gloo", 0, 1)  # a world of one joins no group
+    assert not du.is_dist()
+    du.cleanup()
+    ctx = du.DistContext()
+    assert ctx.is_main and not ctx.distributed and ctx.device == "cpu" and ctx.backend is None
+    assert du.DistContext(rank=1, world_size=2).distributed and not du.DistContext(rank=1, world_size=2).is_main
+
+
+@pytest.mark.parametrize(
+    "requested, cuda, expected, noted",
+    [
+        ("nccl", True, "nccl", False),
+        ("gloo", True, "gloo", False),
+        ("", True, "nccl", False),
+        ("nccl", False, "gloo", True),
+        ("NCCL", False, "gloo", True),
+        ("gloo", False, "gloo", False),
+        ("", False, "gloo", False),
+    ],
+)
+def test_choose_backend(requested, cuda, expected, noted):
+    backend, note = du.choose_backend(requested, cuda)
+    assert backend == expected
+    assert (note is not None) == noted
+    if noted:
+        assert "gloo" in note and "CUDA" in note
+
+
+def test_launched_by_torchrun():
+    assert du.launched_by_torchrun({"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"})
+    assert not du.launched_by_torchrun({"RANK": "0", "WORLD_SIZE": "2"})
+    assert not du.launched_by_torchrun({})
+
+
+def test_find_free_port_is_bindable():
+    port = du.find_free_port()
+    assert 0 < port < 65536
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", port))
+
+
+def test_derive_seed_distinct_and_stable():
+    seeds = {du.derive_seed(7, e, r) for e in range(50) for r in range(8)}
+    assert len(seeds) == 400
+    assert du.derive_seed(7, 3, 1) == du.derive_seed(7, 3, 1)
+    assert all(0 <= s < 2**31 - 1 for s in seeds)
+
+
+def draws() -> tuple:
+    return random.random(), np.random.rand(), torch.rand(1).item()  # noqa: NPY002 (the global RNGs on purpose)
+
+
+def test_seed_everything_and_rng_state_round_trip():
+    du.seed_everything(123)
+    first = draws()
+    du.seed_everything(123)
+    assert draws() == first
+    state = du.rng_state()
+    after = draws()
+    draws()
+    du.set_rng_state(state)
+    assert draws() == after
+    du.set_rng_state({})  # missing entries are left alone
