@@ -65,7 +65,7 @@ def test_init_outputs_equal_higher_hrnet_with_copied_weights() -> None:
     model = tiny().eval()
     missing, unexpected = load_pose_state_dict(model, hrnet.state_dict(), strict=False)
     assert not unexpected and missing and all(k.startswith("sat_head.") for k in missing)
-    x = torch.randn(2, 3, 128, 192)
+    x = torch.randn(2, 3, 64, 96)
     with torch.no_grad():
         ref, out = hrnet(x), model(x)
     assert len(out) == len(ref) == 2
@@ -96,7 +96,7 @@ def test_batch_independence() -> None:
     randomise_bn(model)
     nudge(model.sat_head)
     torch.manual_seed(3)
-    x = torch.randn(3, 3, 128, 128)
+    x = torch.randn(3, 3, 64, 64)
     with torch.no_grad():
         batched = model(x)
         for i in range(3):
@@ -105,7 +105,7 @@ def test_batch_independence() -> None:
                 torch.testing.assert_close(a[0], b[i], atol=1e-5, rtol=1e-5)
         # changing one image leaves the others untouched (the original HigherPose attended across the batch)
         x2 = x.clone()
-        x2[0] = torch.randn(3, 128, 128)
+        x2[0] = torch.randn(3, 64, 64)
         changed = model(x2)
     for a, b in zip(changed, batched):
         torch.testing.assert_close(a[1:], b[1:], atol=1e-5, rtol=1e-5)
@@ -194,7 +194,7 @@ def test_structure_bias_acts_only_through_its_table(key: str, param: str, per_la
             getattr(layer, param).zero_()  # table at zero: the bias is switched on but has no effect
     missing, unexpected = load_pose_state_dict(off, on.state_dict(), strict=False)
     assert not missing and all(param in k for k in unexpected) and unexpected
-    x = torch.randn(1, 3, 128, 128)
+    x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         for a, b in zip(on(x), off(x)):
             torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
@@ -222,7 +222,7 @@ def test_structure_bias_acts_only_through_its_table(key: str, param: str, per_la
 def test_ablation_switches_build_and_train(opts: tuple) -> None:
     model = tiny(*opts).train()
     nudge(model.sat_head)
-    out = model(torch.randn(2, 3, 128, 128))
+    out = model(torch.randn(2, 3, 64, 64))
     sum(o.square().mean() for o in out).backward()
     # every parameter of the head takes part (DDP without find_unused_parameters needs that)
     assert all(p.grad is not None for p in model.sat_head.parameters())
@@ -239,7 +239,7 @@ def test_keypoint_tokens_without_an_output_are_rejected() -> None:
 def test_dropout_is_train_only() -> None:
     model = tiny("MODEL.SAT.DROPOUT", 0.5)
     nudge(model.sat_head)
-    x = torch.randn(1, 3, 128, 128)
+    x = torch.randn(1, 3, 64, 64)
     model.eval()
     with torch.no_grad():
         torch.testing.assert_close(model(x)[0], model(x)[0])
@@ -251,14 +251,14 @@ def test_gradients_reach_every_head_parameter() -> None:
     model = tiny().train()
     nudge(model.sat_head, scale=0.1)
     torch.manual_seed(4)
-    out = model(torch.randn(2, 3, 128, 128))
+    out = model(torch.randn(2, 3, 64, 64))
     weights = [torch.randn_like(o) for o in out]
     sum((o * w).mean() for o, w in zip(out, weights)).backward()
     for name, p in model.sat_head.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
-def _synthetic_batch(batch: int, size: int, out_sizes: list[int], k: int, people: int = 2, sigma: float = 2.0):
+def _synthetic_batch(batch: int, size: int, out_sizes: list[int], k: int, people: int = 2, sigma: float = 1.5):
     """Random images, Gaussian heatmaps at random joints, all-ones masks, AE joint indices."""
     g = torch.Generator().manual_seed(5)
     images = torch.randn(batch, 3, size, size, generator=g)
@@ -277,11 +277,11 @@ def _synthetic_batch(batch: int, size: int, out_sizes: list[int], k: int, people
 
 
 def test_training_steps_lower_the_loss() -> None:
-    cfg = load_cfg(TINY_SAT, "DATASET.INPUT_SIZE", 128, "DATASET.OUTPUT_SIZE", "[32, 64]")
+    cfg = load_cfg(TINY_SAT, "DATASET.INPUT_SIZE", 64, "DATASET.OUTPUT_SIZE", "[16, 32]")
     torch.manual_seed(0)
     model = build_model(cfg, is_train=True).train()
     loss_fn = MultiLossFactory(cfg)
-    images, heatmaps, masks, joints = _synthetic_batch(2, 128, [32, 64], cfg.MODEL.NUM_JOINTS)
+    images, heatmaps, masks, joints = _synthetic_batch(2, 64, [16, 32], cfg.MODEL.NUM_JOINTS)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-4)
 
     def step() -> float:

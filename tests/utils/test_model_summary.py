@@ -112,3 +112,18 @@ def test_parameter_breakdown() -> None:
     assert parts["sat_head"] == sum(p.numel() for p in model.sat_head.parameters())
     model.sat_head.requires_grad_(False)
     assert count_parameters(model, trainable_only=True) == parts["total"] - parts["sat_head"]
+
+
+def test_model_info_tool(tmp_path, capsys) -> None:
+    import json
+
+    from tools.model_info import main
+
+    out = tmp_path / "info.json"
+    assert main(["--cfg", str(TINY_SAT), "--size", "128", "192", "--json", str(out)]) == 0
+    info = json.loads(out.read_text())
+    assert info["input"] == [128, 192]
+    assert info["params_backbone"] + info["params_heads"] + info["params_sat_head"] == info["params_total"]
+    parts = info["gmacs_backbone"] + info["gmacs_heads"] + info["gmacs_sat_head"]
+    assert abs(parts - info["gmacs"]) < 1e-9 and info["gmacs_official_deconv"] > info["gmacs"]
+    assert "SAT head" in capsys.readouterr().out
