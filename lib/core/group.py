@@ -240,7 +240,7 @@ def _quarter_shifts(
 
 
 # Upper bound on elements of one batched distance map (missing joints x H x W) in refine.
-_REFINE_CHUNK = 1 << 24
+_REFINE_CHUNK = 1 << 22
 
 
 def _refine_people(det: torch.Tensor, tag: torch.Tensor, people: np.ndarray, num_joints: int) -> None:
@@ -279,14 +279,22 @@ def _refine_people(det: torch.Tensor, tag: torch.Tensor, people: np.ndarray, num
     p_mis, j_mis = np.nonzero(missing)
     prev = torch.as_tensor(prev_tags, device=tag.device, dtype=tag.dtype)
     det_f = det.detach()
+    # Tag planes (K, L, H, W) so each squared difference is one contiguous in-place pass; the sum over
+    # L runs in the official order, so distances are bit-identical to its ((t - m) ** 2).sum(2) ** 0.5.
+    planes = tag.detach().permute(0, 3, 1, 2)
     step = max(1, _REFINE_CHUNK // (h * w))
     best = np.empty(len(p_mis), dtype=np.int64)
     for start in range(0, len(p_mis), step):
         sl = slice(start, start + step)
         j_t = torch.as_tensor(j_mis[sl], device=tag.device)
         p_t = torch.as_tensor(p_mis[sl], device=tag.device)
-        dist = ((tag[j_t] - prev[p_t][:, None, None, :]) ** 2).sum(dim=3).sqrt()  # (n, H, W)
-        score = det_f[j_t] - torch.round(dist)
+        dist = None
+        for li in range(planes.size(1)):
+            diff = planes[j_t, li] - prev[p_t, li][:, None, None]  # (n, H, W)
+            diff.square_()
+            dist = diff if dist is None else dist.add_(diff)
+        dist.sqrt_().round_()
+        score = torch.sub(det_f[j_t], dist, out=dist)
         best[sl] = score.reshape(score.size(0), -1).argmax(dim=1).cpu().numpy()
 
     rows, cols = best // w, best % w
