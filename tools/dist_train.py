@@ -144,7 +144,7 @@ def run_worker(
         device = f"cuda:{local_rank}"
     else:
         device = "cpu"
-        local_procs = max(1, world_size // max(1, args.world_size))
+        local_procs = int(os.environ.get("LOCAL_WORLD_SIZE", max(1, world_size // max(1, args.world_size))))
         # CPU processes share the cores: without this each one starts a thread per core and they thrash.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_procs))
     backend, note = du.choose_backend(cfg.DIST_BACKEND, cuda)
@@ -190,7 +190,10 @@ def main(argv: list[str] | None = None) -> int:
                 preflight(cfg, 1)
             run_worker(local_rank, rank, world_size, "env://", cfg, args)
             return 0
-        nproc = args.nproc or (torch.cuda.device_count() if use_cuda(cfg) else 1)
+        # HigherHRNet: MULTIPROCESSING_DISTRIBUTED False = one process (it then used DataParallel; we
+        # train on one device, DDP being the way to use several).
+        per_gpu = use_cuda(cfg) and cfg.MULTIPROCESSING_DISTRIBUTED
+        nproc = args.nproc or (torch.cuda.device_count() if per_gpu else 1)
         preflight(cfg, nproc)
     except ConfigError as err:
         print(f"dist_train.py: config error: {err}", file=sys.stderr)

@@ -132,19 +132,24 @@ def steps_per_epoch(cfg: Any, data_loader: Any) -> int:
     return min(n, cfg.TRAIN.ITERS_PER_EPOCH) if cfg.TRAIN.ITERS_PER_EPOCH > 0 else n
 
 
-def _save_debug(cfg: Any, images, heatmaps, masks, outputs, output_dir: str, step: int) -> None:
-    """HigherHRNet's per-scale debug grids, when ``higherpose.utils.vis.save_debug_images`` exists."""
+def _save_debug(cfg: Any, batch: tuple, outputs: list, output_dir: str, step: int, writer: Any, global_step: int):
+    """HigherHRNet's per-scale debug grids (``train_{step}_output_{R}_*.jpg``) and the same grids in
+    TensorBoard, when ``higherpose.utils.vis`` provides them (guarded: training never needs it)."""
     try:
         from ..utils import vis
     except ImportError:
         return
     if not hasattr(vis, "save_debug_images"):
         return
+    images, heatmaps, masks, joints = batch
     prefix = "{}_{}".format(os.path.join(output_dir, "train"), step)
     for s, out in enumerate(outputs):
-        vis.save_debug_images(
-            cfg, images, heatmaps[s], masks[s], out.detach().float(), f"{prefix}_output_{cfg.DATASET.OUTPUT_SIZE[s]}"
+        res = cfg.DATASET.OUTPUT_SIZE[s]
+        grids = vis.save_debug_images(
+            cfg, images, heatmaps[s], masks[s], out.detach().float(), f"{prefix}_output_{res}", joints[s]
         )
+        if writer is not None and grids and hasattr(vis, "add_debug_images"):
+            vis.add_debug_images(writer, grids, global_step, tag=f"train_debug/output_{res}")
 
 
 def _debug_wanted(cfg: Any) -> bool:
@@ -269,7 +274,7 @@ def do_train(
                 writer.add_scalar("train/samples_per_s", speed, state.global_step)
                 writer_dict["train_global_steps"] = state.global_step
         if want_debug and (i % debug_freq == 0):
-            _save_debug(cfg, images, heatmaps, masks, outputs, output_dir, i)
+            _save_debug(cfg, (images, heatmaps, masks, joints), outputs, output_dir, i, writer, state.global_step)
         end = time.time()
     return {name: m.avg for name, m in meters.items()}
 

@@ -155,6 +155,45 @@ def test_bf16_autocast_step_on_cpu(coco_sample):
     assert w.dtype == torch.float32 and not torch.equal(w, before["final_layers.0.weight"])
 
 
+def test_clip_warmup_channels_last_and_ae_warmup(coco_sample):
+    from higherpose.core.loss import MultiLossFactory
+    from higherpose.models import build_model
+
+    size = ["DATASET.INPUT_SIZE", 64, "DATASET.OUTPUT_SIZE", "[16, 32]", "TRAIN.OPTIMIZER", "sgd"]
+    size += ["TRAIN.MOMENTUM", 0.0, "TRAIN.WD", 0.0, "TRAIN.LR", 1.0, "TRAIN.CHANNELS_LAST", True]
+    batch = fixed_batch(sample_cfg(coco_sample, *size))
+
+    def one_step(*opts):
+        cfg = sample_cfg(coco_sample, *size, *opts)
+        torch.manual_seed(0)
+        model = build_model(cfg, is_train=True).to(memory_format=torch.channels_last)
+        before = [p.detach().clone() for p in model.parameters()]
+        opt = get_optimizer(cfg, model)
+        sched = build_scheduler(cfg, opt)
+        stats = T.do_train(cfg, model, [batch], MultiLossFactory(cfg), opt, 0, "", "", None, scheduler=sched)
+        step = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)])
+        return stats, step.norm().item(), opt.param_groups[0]["lr"]
+
+    plain, norm, lr = one_step()
+    assert lr == 1.0 and norm > 1e-3
+    _, clipped, _ = one_step("TRAIN.CLIP_GRAD", 1e-4)  # SGD, LR 1: the step IS the clipped gradient
+    assert clipped == pytest.approx(1e-4, rel=1e-3)
+    _, warm, lr = one_step("TRAIN.WARMUP_ITERS", 4)
+    assert lr == 0.25 and warm == pytest.approx(norm / 4, rel=1e-3)
+    boosted, _, _ = one_step("TRAIN.AE_WARMUP_ITERS", 1, "TRAIN.AE_WARMUP_FACTOR", 10.0)
+    assert boosted["stage0_push"] == pytest.approx(10 * plain["stage0_push"], rel=1e-5)
+    assert boosted["stage0_pull"] == pytest.approx(10 * plain["stage0_pull"], rel=1e-5)
+    assert boosted["stage0_heatmaps"] == pytest.approx(plain["stage0_heatmaps"], rel=1e-6)
+
+
+def test_debug_images_written_on_rank0(coco_sample, tmp_path):
+    opts = ["TRAIN.ITERS_PER_EPOCH", 1, "TRAIN.END_EPOCH", 1, "DEBUG.DEBUG", True, "DEBUG.SAVE_BATCH_IMAGES_GT", True]
+    run_fit(sample_cfg(coco_sample, *opts), tmp_path)
+    names = {p.name for p in tmp_path.glob("train_0_output_*.jpg")}
+    assert {"train_0_output_32_hm_gt.jpg", "train_0_output_64_hm_pred.jpg", "train_0_output_32_gt.jpg"} <= names
+    assert "train_0_output_32_tag_pred.jpg" in names and "train_0_output_64_tag_pred.jpg" not in names
+
+
 # ----------------------------------------------------------------------------------------------- runs
 def _assert_same_state(a: dict, b: dict, atol: float = 1e-7):
     assert a.keys() == b.keys()
@@ -266,6 +305,11 @@ def test_nan_loss_stops_with_message_and_keeps_checkpoint(coco_sample, tmp_path)
     assert "epoch 1 step 1/2" in msg and "global step 3" in msg and "in stage0_push" in msg, msg
     ckpt = load_file(str(tmp_path / T.CHECKPOINT_NAME))
     assert ckpt["epoch"] == 1 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
+    # a restart (AUTO_RESUME, e.g. after lowering the LR) redoes epoch 1 from that checkpoint
+    state = run_fit(
+        sample_cfg(coco_sample, "TRAIN.ITERS_PER_EPOCH", 2, "TRAIN.END_EPOCH", 3, "AUTO_RESUME", True), tmp_path
+    )
+    assert state.epoch == 3 and state.global_step == 6
 
 
 class TwoStageConv(torch.nn.Module):
