@@ -10,6 +10,7 @@ torch.amp replaces apex; a non-finite loss stops the run (or skips the step) wit
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -203,9 +204,8 @@ def do_train(
     meters: dict[str, AverageMeter] = {}
     model.train()
     end = time.time()
-    for i, (images, heatmaps, masks, joints) in enumerate(data_loader):
-        if i >= n_steps:
-            break
+    # islice: with TRAIN.ITERS_PER_EPOCH the loader is not asked for a batch it will not train on
+    for i, (images, heatmaps, masks, joints) in enumerate(itertools.islice(data_loader, n_steps)):
         data_time.update(time.time() - end)
         images = images.to(device, non_blocking=True)
         if channels_last:
