@@ -135,12 +135,16 @@ def test_training_lowers_loss_on_fixed_batch(coco_sample):
     assert after < 0.8 * before, (before, after)
 
 
-def test_bf16_autocast_step_on_cpu(coco_sample):
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_autocast_step_on_cpu(coco_sample, dtype):
+    """bf16 autocast (no scaler) and fp16 autocast with a GradScaler (initial scale from
+    STATIC_LOSS_SCALE, gradients unscaled before clipping) both train on the CPU."""
     from higherpose.core.loss import MultiLossFactory
     from higherpose.models import build_model
 
-    size = ["DATASET.INPUT_SIZE", 64, "DATASET.OUTPUT_SIZE", "[16, 32]"]  # bf16 convs are slow on most CPUs
-    cfg = sample_cfg(coco_sample, "FP16.ENABLED", True, "FP16.DTYPE", "bfloat16", *size)
+    size = ["DATASET.INPUT_SIZE", 64, "DATASET.OUTPUT_SIZE", "[16, 32]"]  # low-precision convs are slow on CPUs
+    amp = ["FP16.ENABLED", True, "FP16.DTYPE", dtype, "FP16.STATIC_LOSS_SCALE", 1024.0, "TRAIN.CLIP_GRAD", 1.0]
+    cfg = sample_cfg(coco_sample, *amp, *size)
     batch = fixed_batch(cfg)
     model = build_model(cfg, is_train=True)
     dtypes = []
@@ -148,11 +152,16 @@ def test_bf16_autocast_step_on_cpu(coco_sample):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     state = T.TrainState()
     opt = get_optimizer(cfg, model)
-    stats = T.do_train(cfg, model, [batch] * 2, MultiLossFactory(cfg), opt, 0, "", "", None, True, state=state)
-    assert dtypes == [torch.bfloat16, torch.bfloat16]
+    scaler = T.make_grad_scaler(cfg, "cpu")
+    assert (scaler is None) == (dtype == "bfloat16")
+    loss = MultiLossFactory(cfg)
+    stats = T.do_train(cfg, model, [batch] * 2, loss, opt, 0, "", "", None, True, scaler=scaler, state=state)
+    assert dtypes == [getattr(torch, dtype)] * 2
     assert state.global_step == 2 and math.isfinite(stats["loss"])
     w = model.state_dict()["final_layers.0.weight"]
     assert w.dtype == torch.float32 and not torch.equal(w, before["final_layers.0.weight"])
+    if scaler is not None:
+        assert scaler.get_scale() == 1024.0  # no overflow in two steps: the scale is kept
 
 
 def test_clip_warmup_channels_last_and_ae_warmup(coco_sample):
