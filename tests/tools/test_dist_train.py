@@ -5,6 +5,7 @@ COCO sample images with the tiny HigherHRNet at 128 px."""
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import subprocess
 import sys
@@ -62,7 +63,19 @@ def test_config_errors_stop_before_any_process(coco_sample, tmp_path, capsys, mo
     assert not (tmp_path / "coco_kpt").exists()
 
 
-def test_single_cpu_process_trains_and_saves(coco_sample, tmp_path):
+@pytest.fixture
+def restore_root_logger():
+    """main() in-process configures the root logger (create_logger); put it back afterwards."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in [h for h in root.handlers if h not in handlers]:
+        root.removeHandler(handler)
+        handler.close()
+    root.setLevel(level)
+
+
+def test_single_cpu_process_trains_and_saves(coco_sample, tmp_path, restore_root_logger):
     assert dist_train.main(argv(tmp_path, "TRAIN.ITERS_PER_EPOCH", "1")) == 0
     folder = run_dir(tmp_path)
     assert {"checkpoint.pth", "final_state.pth"} <= set(os.listdir(folder))
