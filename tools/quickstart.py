@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import subprocess
 import sys
@@ -23,6 +22,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CFG = "experiments/synthetic/higher_pose_tiny.yaml"
+SMOKE_TRAIN = ["TRAIN.END_EPOCH", "1", "TRAIN.ITERS_PER_EPOCH", "3", "TRAIN.IMAGES_PER_GPU", "2", "WORKERS", "0"]
+SMOKE_TRAIN += ["PRINT_FREQ", "1", "TRAIN.WARMUP_ITERS", "0"]
 
 
 def run(cmd: list[str]) -> None:
@@ -35,67 +36,85 @@ def run(cmd: list[str]) -> None:
     print(f"[quickstart] step took {time.perf_counter() - start:.0f} s", flush=True)
 
 
-def pipeline(cfg: str, output: str, train_opts: list[str], valid_opts: list[str], demo_images: int) -> dict:
-    """Train ``cfg`` into ``output``, validate it and draw a few demo pictures; returns a summary."""
+def make_data(root: Path, smoke: bool) -> None:
+    """Generate the synthetic set at ``root`` unless a complete one is there (its statistics are printed)."""
+    sizes = ["--train", "16", "--val", "4"] if smoke else []
+    run([sys.executable, "tools/make_synthetic.py", "--root", str(root), "--if-missing", *sizes])
+
+
+def pipeline(
+    cfg: str, output: Path, data_root: Path, train_opts: list[str], valid_opts: list[str], demo_images: int
+) -> dict:
+    """Train ``cfg`` into ``output``, validate it and draw a few demo pictures; returns a summary
+    (weights, training seconds, the metrics valid.py wrote, the demo folder)."""
     py = sys.executable
-    out = REPO / output
-    opts = ["OUTPUT_DIR", output, "LOG_DIR", f"{output}/log"]
+    output = output.resolve()
+    opts = ["OUTPUT_DIR", str(output), "LOG_DIR", str(output / "log"), "DATASET.ROOT", str(data_root.resolve())]
     start = time.perf_counter()
     run([py, "tools/dist_train.py", "--cfg", cfg, *opts, *train_opts])
     train_s = time.perf_counter() - start
 
-    weights = next(out.rglob("final_state.pth"), None)
+    weights = next(output.rglob("final_state.pth"), None)
     if weights is None:
-        sys.exit(f"quickstart: training wrote no final_state.pth under {out}")
-    model_opts = ["TEST.MODEL_FILE", str(weights.relative_to(REPO))]
+        sys.exit(f"quickstart: training wrote no final_state.pth under {output}")
+    model_opts = ["TEST.MODEL_FILE", str(weights)]
+    start = time.perf_counter()
     run([py, "tools/valid.py", "--cfg", cfg, *opts, *model_opts, *valid_opts])
-    metrics_file = next(out.rglob("metrics_*.json"), None)
-    metrics = json.loads(metrics_file.read_text()) if metrics_file else {}
+    valid_s = time.perf_counter() - start
+    metrics_file = next(output.rglob("metrics_*.json"), None)
+    metrics = json.loads(metrics_file.read_text())["metrics"] if metrics_file else {}
 
-    summary = {"cfg": cfg, "weights": str(weights), "train_seconds": round(train_s), "metrics": metrics}
+    summary = {
+        "cfg": cfg,
+        "weights": str(weights),
+        "train_seconds": round(train_s),
+        "valid_seconds": round(valid_s),
+        "metrics": metrics,
+    }
     if demo_images:
-        images = sorted((REPO / "data/synthetic/images/val").glob("*.jpg"))[:demo_images]
-        demo_in = out / "demo_input"
+        demo_in = output / "demo_input"
         demo_in.mkdir(parents=True, exist_ok=True)
-        for image in images:
+        for image in sorted((data_root / "images" / "val").glob("*.jpg"))[:demo_images]:
             link = demo_in / image.name
             if not link.exists():
-                link.symlink_to(image)
-        demo_out = out / "demo"
-        run([py, "tools/demo.py", "--cfg", cfg, "--input", str(demo_in), "--output", str(demo_out), *model_opts])
+                link.symlink_to(image.resolve())
+        demo_out = output / "demo"
+        demo = ["tools/demo.py", "--cfg", cfg, "--input", str(demo_in), "--output", str(demo_out), "--min-score", "0.1"]
+        run([py, *demo, *opts, *model_opts])
         summary["demo"] = str(demo_out)
     return summary
+
+
+def print_summary(summary: dict) -> None:
+    print("\n[quickstart] done:")
+    print(f"  weights:  {summary['weights']}")
+    print(f"  training: {summary['train_seconds']} s, validation: {summary['valid_seconds']} s", end="")
+    print(f", whole quick start: {summary['total_seconds']} s")
+    if summary["metrics"]:
+        print("  " + ", ".join(f"{k} {v:.3f}" for k, v in summary["metrics"].items()))
+    if "demo" in summary:
+        print(f"  pictures: {summary['demo']}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cfg", default=DEFAULT_CFG)
     parser.add_argument("--output", default="output/quickstart")
+    parser.add_argument("--data", default=None, help="synthetic set root (default data/synthetic)")
     parser.add_argument("--smoke", action="store_true", help="a few steps on a few images (tests, CI)")
     args = parser.parse_args(argv)
 
-    py = sys.executable
     total = time.perf_counter()
-    if args.smoke:
-        run([py, "tools/make_synthetic.py", "--root", "data/synthetic_smoke", "--train", "16", "--val", "4"])
-        data = ["DATASET.ROOT", "data/synthetic_smoke"]
-        train = [*data, "TRAIN.END_EPOCH", "1", "TRAIN.ITERS_PER_EPOCH", "3", "TRAIN.IMAGES_PER_GPU", "2"]
-        train += ["WORKERS", "0", "PRINT_FREQ", "1"]
-        summary = pipeline(args.cfg, args.output, train, [*data, "TEST.FLIP_TEST", "False"], demo_images=2)
-    else:
-        run([py, "tools/make_synthetic.py", "--root", "data/synthetic"])
-        summary = pipeline(args.cfg, args.output, [], [], demo_images=8)
+    data_root = Path(args.data or ("data/synthetic_smoke" if args.smoke else "data/synthetic"))
+    data_root = data_root if data_root.is_absolute() else REPO / data_root
+    output = Path(args.output) if Path(args.output).is_absolute() else REPO / args.output
+    make_data(data_root, args.smoke)
+    train = SMOKE_TRAIN if args.smoke else []
+    valid = ["TEST.FLIP_TEST", "False", "TEST.REFINE", "False"] if args.smoke else []
+    summary = pipeline(args.cfg, output, data_root, train, valid, demo_images=2 if args.smoke else 8)
     summary["total_seconds"] = round(time.perf_counter() - total)
-
-    print("\n[quickstart] done:")
-    print(f"  weights:  {summary['weights']}")
-    print(f"  training: {summary['train_seconds']} s, whole quick start: {summary['total_seconds']} s")
-    if summary["metrics"]:
-        print("  " + ", ".join(f"{k} {v:.3f}" for k, v in summary["metrics"].items()))
-    if "demo" in summary:
-        print(f"  pictures: {summary['demo']}")
-    os.makedirs(REPO / args.output, exist_ok=True)
-    (REPO / args.output / "quickstart_summary.json").write_text(json.dumps(summary, indent=1))
+    print_summary(summary)
+    (output / "quickstart_summary.json").write_text(json.dumps(summary, indent=1))
     return 0
 
 

@@ -49,7 +49,7 @@ class SyntheticConfig:
     min_size: int = 256  # image sides are drawn in [min_size, max_size], multiples of 32
     max_size: int = 320
     people_weights: tuple[float, ...] = (0.06, 0.2, 0.3, 0.24, 0.13, 0.07)  # P(1..6 labelled figures)
-    small_fraction: float = 0.36  # share of figures drawn small (area below 32² px)
+    small_fraction: float = 0.3  # share of figures drawn small; with the rest ~35 % of persons have area < 32²
     crowd_prob: float = 0.15  # images with a crowd region
     occluder_prob: float = 0.5  # images with occluder shapes
     near_prob: float = 0.4  # a figure placed next to another one (overlap)

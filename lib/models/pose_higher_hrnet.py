@@ -30,22 +30,25 @@ class PoseHigherResolutionNet(nn.Module):
     def __init__(self, cfg: Any):
         super().__init__()
         extra = cfg.MODEL.EXTRA
-        self.inplanes = 64
+        # HigherHRNet hard-codes the stem width (64) and layer1 (4 Bottlenecks of 64 planes) and ignores
+        # STEM_INPLANES / STAGE1. We honour STEM_INPLANES and the optional STAGE1.NUM_BLOCKS /
+        # NUM_CHANNELS so tiny CPU configs can shrink the stem, which dominates a narrow HRNet's cost;
+        # every official YAML says 64 (or nothing), so the official architecture is unchanged.
+        stem = extra.get("STEM_INPLANES", 64)
+        stage1 = extra.get("STAGE1", {})
+        layer1_blocks = stage1.get("NUM_BLOCKS", [4])[0]
+        layer1_planes = stage1.get("NUM_CHANNELS", [64])[0]
 
-        # stem: two stride-2 3x3 convs (STEM_INPLANES is ignored, as in HigherHRNet)
-        self.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=2, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(64, momentum=BN_MOMENTUM)
-        self.conv2 = nn.Conv2d(64, 64, kernel_size=3, stride=2, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(64, momentum=BN_MOMENTUM)
+        self.conv1 = nn.Conv2d(3, stem, kernel_size=3, stride=2, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(stem, momentum=BN_MOMENTUM)
+        self.conv2 = nn.Conv2d(stem, stem, kernel_size=3, stride=2, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(stem, momentum=BN_MOMENTUM)
         self.relu = nn.ReLU(inplace=True)
-        # HigherHRNet hard-codes layer1 as 4 Bottlenecks; STAGE1.NUM_BLOCKS (NEW, optional) shrinks it
-        # for tiny test configs.
-        layer1_blocks = extra.STAGE1.NUM_BLOCKS[0] if "STAGE1" in extra and "NUM_BLOCKS" in extra.STAGE1 else 4
-        self.layer1 = make_layer(Bottleneck, 64, 64, layer1_blocks)
+        self.layer1 = make_layer(Bottleneck, stem, layer1_planes, layer1_blocks)
 
         self.stage2_cfg = extra.STAGE2
         channels = self._stage_channels(self.stage2_cfg)
-        self.transition1 = self._make_transition_layer([256], channels)
+        self.transition1 = self._make_transition_layer([layer1_planes * Bottleneck.expansion], channels)
         self.stage2, pre = self._make_stage(self.stage2_cfg, channels)
 
         self.stage3_cfg = extra.STAGE3

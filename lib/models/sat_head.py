@@ -383,5 +383,7 @@ class SATHead(nn.Module):
         dyn = None
         if self.dyn_heatmap:
             kernel = self.dyn_linear(tokens)  # (B, K, C + 1)
-            dyn = torch.einsum("bkc,bchw->bkhw", kernel[..., :c], x) + kernel[..., c, None, None]
+            # 1/sqrt(C), as in attention logits: Adam moves every zero-initialised weight by ~lr in its
+            # first steps, and an unscaled C-channel dot product then shocks the heatmaps.
+            dyn = torch.einsum("bkc,bchw->bkhw", kernel[..., :c], x) * c**-0.5 + kernel[..., c, None, None]
         return x, dyn

@@ -1,0 +1,49 @@
+"""The quick start and the ablation, end to end at reduced size (a few steps on a few images).
+
+The full runs (`make quickstart`, `python tools/ablation.py`) take minutes; these smoke runs check that
+every step's command works and produces what the next step and the user need.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from tests.conftest import load_cfg
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tools"))
+import ablation  # noqa: E402
+import quickstart  # noqa: E402
+
+
+def test_quickstart_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "qs"
+    assert quickstart.main(["--smoke", "--output", str(out), "--data", str(tmp_path / "data")]) == 0
+    summary = json.loads((out / "quickstart_summary.json").read_text())
+    assert Path(summary["weights"]).name == "final_state.pth"
+    assert set(summary["metrics"]) >= {"AP", "Ap .5", "AP .75", "AR"}
+    assert all(0.0 <= v <= 1.0 for v in summary["metrics"].values())
+    results = list(out.rglob("keypoints_*_results.json"))
+    assert results and isinstance(json.loads(results[0].read_text()), list)
+    pictures = sorted(p.name for p in Path(summary["demo"]).glob("*.jpg"))
+    assert len(pictures) == 2
+    assert list(Path(summary["demo"]).glob("*.json"))
+
+
+def test_ablation_table() -> None:
+    rows = {"A @256": {"AP": 0.5, "AR": 0.25}, "B @256": {"AP": 0.125, "AR": 1.0}}
+    table = ablation.side_by_side(rows).splitlines()
+    assert table[0] == "| model | AP | AR |"
+    assert table[2] == "| A @256 | 0.500 | 0.250 |" and table[3] == "| B @256 | 0.125 | 1.000 |"
+
+
+def test_ablation_configs_differ_only_in_the_model() -> None:
+    hrnet, sat = (load_cfg(REPO / p) for p in ablation.CONFIGS.values())
+    assert (hrnet.MODEL.NAME, sat.MODEL.NAME) == ("pose_higher_hrnet", "higher_pose")
+    for cfg in (hrnet, sat):
+        cfg.defrost()
+        cfg.MODEL.NAME = ""
+        cfg.MODEL.SAT.clear()
+    assert hrnet == sat  # same data, schedule, seed and test protocol
