@@ -243,6 +243,40 @@ def _quarter_shifts(
 _REFINE_CHUNK = 1 << 22
 
 
+# Candidate pixels of the exact pruned refine: det above this fraction of the joint's maximum.
+_PEAK_FRACTION = 0.25
+
+
+def _refine_on_peaks(
+    det: torch.Tensor, planes: torch.Tensor, prev: torch.Tensor, p_mis: np.ndarray, j_mis: np.ndarray, best: np.ndarray
+) -> None:
+    """Exact shortcut of refine's full-map argmax, evaluated on the few pixels where det is high.
+
+    ``score = det - round(dist)`` with ``round(dist) >= 0``, so a pixel with ``det <= t`` scores at most
+    ``t``. If the best score over the candidates ``det > t`` exceeds ``t``, it is the full-map maximum,
+    and the first one in flat order (candidates are in flat order; no pixel outside can tie). Those
+    (person, joint) pairs get their flat index in ``best``; the rest stay -1 for the full computation.
+    det: (K, H, W); planes: (K, L, H, W); prev: (P, L); p_mis, j_mis, best: (n,).
+    """
+    for j in np.unique(j_mis):
+        rows = np.nonzero(j_mis == j)[0]
+        flat = det[j].reshape(-1)
+        t = flat.max() * _PEAK_FRACTION
+        if not bool(t > 0):
+            continue
+        cand = torch.nonzero(flat > t).squeeze(1)  # ascending flat indices
+        tags = planes[j].reshape(planes.size(1), -1)[:, cand]  # (L, C)
+        p_t = torch.as_tensor(p_mis[rows], device=det.device)
+        dist = None
+        for li in range(tags.size(0)):
+            diff = (tags[li][None, :] - prev[p_t, li][:, None]).square_()  # (n, C)
+            dist = diff if dist is None else dist.add_(diff)
+        score = flat[cand][None, :] - dist.sqrt_().round_()
+        value, arg = score.max(dim=1)
+        ok = (value > t).cpu().numpy()
+        best[rows[ok]] = cand[arg].cpu().numpy()[ok]
+
+
 def _refine_people(det: torch.Tensor, tag: torch.Tensor, people: np.ndarray, num_joints: int) -> None:
     """Vectorised HigherHRNet ``refine`` for all persons of one image, in place.
 
@@ -282,12 +316,14 @@ def _refine_people(det: torch.Tensor, tag: torch.Tensor, people: np.ndarray, num
     # Tag planes (K, L, H, W) so each squared difference is one contiguous in-place pass; the sum over
     # L runs in the official order, so distances are bit-identical to its ((t - m) ** 2).sum(2) ** 0.5.
     planes = tag.detach().permute(0, 3, 1, 2)
+    best = np.full(len(p_mis), -1, dtype=np.int64)
+    _refine_on_peaks(det_f, planes, prev, p_mis, j_mis, best)
+    todo = np.nonzero(best < 0)[0]
     step = max(1, _REFINE_CHUNK // (h * w))
-    best = np.empty(len(p_mis), dtype=np.int64)
-    for start in range(0, len(p_mis), step):
-        sl = slice(start, start + step)
-        j_t = torch.as_tensor(j_mis[sl], device=tag.device)
-        p_t = torch.as_tensor(p_mis[sl], device=tag.device)
+    for start in range(0, len(todo), step):
+        sel = todo[start : start + step]
+        j_t = torch.as_tensor(j_mis[sel], device=tag.device)
+        p_t = torch.as_tensor(p_mis[sel], device=tag.device)
         dist = None
         for li in range(planes.size(1)):
             diff = planes[j_t, li] - prev[p_t, li][:, None, None]  # (n, H, W)
@@ -295,7 +331,7 @@ def _refine_people(det: torch.Tensor, tag: torch.Tensor, people: np.ndarray, num
             dist = diff if dist is None else dist.add_(diff)
         dist.sqrt_().round_()
         score = torch.sub(det_f[j_t], dist, out=dist)
-        best[sl] = score.reshape(score.size(0), -1).argmax(dim=1).cpu().numpy()
+        best[sel] = score.reshape(score.size(0), -1).argmax(dim=1).cpu().numpy()
 
     rows, cols = best // w, best % w
     val = det_f[

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from higherpose.core import group
 from higherpose.core.group import HeatmapParser, Params, match_by_tag
 from tests.conftest import TINY_HRNET, load_cfg
 
@@ -242,6 +243,34 @@ def test_refine_equals_per_person_loop(seed, tags_l):
     want = np.stack([ref_refine(det[0].numpy(), tag[0].numpy(), p.copy()) for p in ans])
     got = parser.refine(det[0], tag[0], ans.copy())
     np.testing.assert_array_equal(got, want)
+
+
+def test_refine_peak_shortcut_and_full_fallback_both_run(monkeypatch):
+    """The pruned argmax settles most pairs; a person whose tag matches no blob falls back to the full
+    map. Both paths together still equal the official per-person loop."""
+    parser = HeatmapParser(_cfg())
+    det, tag = make_maps(6, seed=3, drop=0.5)
+    ans = parser.adjust(parser.match(**parser.top_k(det, tag)), det)[0]
+    stray = ans[:1].copy()  # a person with one detected joint and a tag far from every blob
+    stray[0, :, 2] = 0
+    stray[0, 0, :] = 0
+    stray[0, 0, :3] = (3, 3, 0.5)
+    ans = np.concatenate([ans, stray])
+    tag = tag.clone()
+    tag[0, 0, 3, 3] = 100.0
+    settled = []
+    real = group._refine_on_peaks
+
+    def spy(det_, planes, prev, p_mis, j_mis, best):
+        real(det_, planes, prev, p_mis, j_mis, best)
+        settled.append((int((best >= 0).sum()), len(best)))
+
+    monkeypatch.setattr(group, "_refine_on_peaks", spy)
+    want = np.stack([ref_refine(det[0].numpy(), tag[0].numpy(), p.copy()) for p in ans])
+    got = parser.refine(det[0], tag[0], ans.copy())
+    np.testing.assert_array_equal(got, want)
+    ((done, total),) = settled
+    assert 0 < done < total
 
 
 def test_refine_with_one_shared_tag_map():
