@@ -251,10 +251,19 @@ def run_validation(
     skipped: list[int] = []
     pending: list[tuple[int, np.ndarray]] = []
 
+    save_every = max(1, int(cfg.PRINT_FREQ)) if cfg.DEBUG.DEBUG else 0
+    done = [0]  # images predicted so far (closure counter)
+
     def flush() -> None:
         preds = predict_images(cfg, model, [img for _, img in pending], parser, batch_size=batch)
-        for (image_id, _), (poses, scores) in zip(pending, preds):
+        for (image_id, image), (poses, scores) in zip(pending, preds):
             results.extend(poses_to_coco_results(image_id, poses, scores))
+            if save_every and done[0] % save_every == 0:
+                # HigherHRNet's result_valid_{i}.jpg: the grouped poses drawn on every PRINT_FREQ-th image
+                from higherpose.utils.vis import save_valid_image
+
+                save_valid_image(image, poses, os.path.join(output_dir, f"result_valid_{done[0]}.jpg"), dataset.spec)
+            done[0] += 1
         progress.update(len(pending))
         pending.clear()
 

@@ -43,6 +43,7 @@ def test_valid_end_to_end(coco_sample, tmp_path):
     assert saved["metrics"] == dict(metrics)
     log = next(out.glob("valid_*_rank0.log")).read_text()
     assert "| Arch | AP | Ap .5 |" in log and "| pose_hig... |" in log
+    assert (out / "result_valid_0.jpg").is_file()  # HigherHRNet's picture every PRINT_FREQ images
 
     # Without TEST.MODEL_FILE the weights are looked up in the output folder.
     os.replace(weights, out / "final_state.pth")
