@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from typing import Any
 
 import torch
+
+from higherpose.utils.atomic import write_json_atomic
 
 SECTIONS = ("data", "core", "model", "train", "valid")
 
@@ -53,15 +53,6 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_json_atomic(obj: Any, path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes and few repetitions (CI smoke run)")
@@ -88,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     print(f"Machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}, CUDA: {info['cuda'] or 'none'}")
     print(to_markdown(rows))
-    write_json_atomic({"machine": info, "quick": args.quick, "rows": rows}, args.output)
+    write_json_atomic({"machine": info, "quick": args.quick, "rows": rows}, args.output, indent=1)
     print(f"written to {args.output}", file=sys.stderr)
     return 1 if failed and not rows else 0
 

@@ -9,7 +9,8 @@ import argparse
 import json
 import os
 import sys
-import tempfile
+
+from higherpose.utils.atomic import write_json_atomic
 
 
 def concat(train: dict, val: dict) -> dict:
@@ -38,10 +39,7 @@ def main(argv: list[str] | None = None) -> int:
             splits[split] = json.load(f)
     merged = concat(splits["train"], splits["val"])
     target = os.path.join(folder, "crowdpose_trainval.json")
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(merged, f)
-    os.replace(tmp, target)
+    write_json_atomic(merged, target)
     print(f"wrote {target}: {len(merged['images'])} images, {len(merged['annotations'])} annotations")
     return 0
 

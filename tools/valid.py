@@ -12,7 +12,6 @@ prints HigherHRNet's markdown AP table. ``DEVICE`` picks the device ('' = CUDA w
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pprint
 import sys
@@ -24,6 +23,7 @@ from higherpose.config import ConfigError, update_config
 from higherpose.config import cfg as default_cfg
 from higherpose.core.evaluation import print_name_value, run_validation
 from higherpose.models import build_model
+from higherpose.utils.atomic import write_json_atomic
 from higherpose.utils.checkpoint import CheckpointError, extract_state_dict, load_file, load_pose_state_dict
 from higherpose.utils.logging import create_logger
 
@@ -66,13 +66,6 @@ def find_weights(model_file: str, output_dir: str) -> str:
     )
 
 
-def write_json_atomic(obj: dict, path: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> OrderedDict:
     args = parse_args(argv)
     cfg = default_cfg.clone()
@@ -99,7 +92,7 @@ def main(argv: list[str] | None = None) -> OrderedDict:
     if metrics:
         print_name_value(logger, metrics, cfg.MODEL.NAME)
         path = os.path.join(final_output_dir, f"metrics_{cfg.DATASET.TEST}.json")
-        write_json_atomic({"weights": weights, "metrics": metrics}, path)
+        write_json_atomic({"weights": weights, "metrics": metrics}, path, indent=2)
         logger.info("=> wrote %s", path)
     return metrics
 

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 import sys
-import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -25,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from higherpose.dataset.specs import CROWDPOSE
+from higherpose.utils.atomic import write_json_atomic
 
 COCO_NAMES = ["AP", "Ap .5", "AP .75", "AP (M)", "AP (L)", "AR", "AR .5", "AR .75", "AR (M)", "AR (L)"]
 CROWDPOSE_NAMES = ["AP", "Ap .5", "AP .75", "AR", "AR .5", "AR .75", "AP (E)", "AP (M)", "AP (H)"]
@@ -59,20 +58,7 @@ def poses_to_coco_results(image_id: int, poses: Sequence[np.ndarray], scores: Se
 
 def write_results_json(results: list[dict], path: str) -> str:
     """Write ``results`` to ``path`` atomically (temporary file in the same folder, then rename)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(results, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    return write_json_atomic(results, path)
 
 
 def _check_image_ids(results: Iterable[dict], known: Iterable[int], gt_json_path: str) -> None:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
+
+from .atomic import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -25,19 +26,7 @@ class CheckpointError(RuntimeError):
 def save_atomic(obj: Any, path: str) -> None:
     """``torch.save`` to a temporary file in the same folder, then rename: a crash mid-write never
     leaves a truncated file at ``path`` (the previous one stays intact)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, lambda f: torch.save(obj, f), binary=True)
 
 
 def load_file(path: str) -> Any:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import colorsys
 import functools
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -32,6 +31,7 @@ import torch
 
 from ..core.inference import IMAGENET_MEAN, IMAGENET_STD
 from ..dataset.specs import COCO, CROWDPOSE, KeypointSpec, spec_from_cfg
+from .atomic import atomic_write
 
 _GOLDEN = 0.618033988749895
 
@@ -46,17 +46,7 @@ def imwrite_atomic(path: str | os.PathLike, image: np.ndarray, params: Sequence[
     ok, buf = cv2.imencode(ext, image, list(params))
     if not ok:
         raise OSError(f"cv2 cannot encode an image as {ext!r} for {path}")
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=ext, dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buf.tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, lambda f: f.write(buf.tobytes()), binary=True)
 
 
 # --------------------------------------------------------------------------------------------------

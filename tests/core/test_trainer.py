@@ -20,7 +20,7 @@ from tests.conftest import TINY_HRNET, load_cfg
 torch.set_num_threads(1)
 
 FAST = ["DATASET.INPUT_SIZE", 128, "DATASET.OUTPUT_SIZE", "[32, 64]", "TRAIN.IMAGES_PER_GPU", 2, "WORKERS", 0]
-FAST += ["TRAIN.SEED", 0, "PRINT_FREQ", 1, "DEBUG.DEBUG", False, "TRAIN.LR_STEP", "[1]"]
+FAST += ["TRAIN.SEED", 0, "PRINT_FREQ", 1, "DEBUG.DEBUG", False, "TRAIN.LR_STEP", "[1]", "TRAIN.WARMUP_ITERS", 0]
 
 
 def sample_cfg(root, *opts):
@@ -169,7 +169,18 @@ def test_clip_warmup_channels_last_and_ae_warmup(coco_sample):
     from higherpose.models import build_model
 
     size = ["DATASET.INPUT_SIZE", 64, "DATASET.OUTPUT_SIZE", "[16, 32]", "TRAIN.OPTIMIZER", "sgd"]
-    size += ["TRAIN.MOMENTUM", 0.0, "TRAIN.WD", 0.0, "TRAIN.LR", 1.0, "TRAIN.CHANNELS_LAST", True]
+    size += [
+        "TRAIN.MOMENTUM",
+        0.0,
+        "TRAIN.WD",
+        0.0,
+        "TRAIN.LR",
+        1.0,
+        "TRAIN.CHANNELS_LAST",
+        True,
+        "TRAIN.WARMUP_ITERS",
+        0,
+    ]
     batch = fixed_batch(sample_cfg(coco_sample, *size))
 
     def one_step(*opts):
