@@ -36,6 +36,7 @@ from higherpose.core.inference import predict_image
 from higherpose.dataset.specs import spec_from_cfg
 from higherpose.models import build_model
 from higherpose.utils.checkpoint import CheckpointError, extract_state_dict, load_file, load_pose_state_dict
+from higherpose.utils.distributed import resolve_device
 from higherpose.utils.vis import draw_poses, imwrite_atomic
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -60,14 +61,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # --------------------------------------------------------------------------------------------------
-def resolve_device(name: str) -> torch.device:
-    """'' -> cuda when available else cpu; otherwise the named device (an error when CUDA is absent)."""
-    if not name:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"DEVICE = {name!r}: CUDA is not available on this machine (use '' or 'cpu')")
-    return device
 
 
 def load_model(cfg, random_weights: bool = False) -> torch.nn.Module:

@@ -25,6 +25,7 @@ from higherpose.core.evaluation import print_name_value, run_validation
 from higherpose.models import build_model
 from higherpose.utils.atomic import write_json_atomic
 from higherpose.utils.checkpoint import CheckpointError, extract_state_dict, load_file, load_pose_state_dict
+from higherpose.utils.distributed import resolve_device
 from higherpose.utils.logging import create_logger
 
 # Looked for in the experiment's output folder when TEST.MODEL_FILE is empty (ours, then HigherHRNet's names).
@@ -38,16 +39,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "opts", help="Modify config options using the command-line", default=None, nargs=argparse.REMAINDER
     )
     return parser.parse_args(argv)
-
-
-def resolve_device(name: str) -> torch.device:
-    """'' -> cuda when available else cpu; otherwise the named device (an error when CUDA is absent)."""
-    if not name:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"DEVICE = {name!r}: CUDA is not available on this machine (use '' or 'cpu')")
-    return device
 
 
 def find_weights(model_file: str, output_dir: str) -> str:

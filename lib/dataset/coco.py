@@ -219,18 +219,23 @@ class KeypointsMixin:
     ids: list
     spec: KeypointSpec
 
-    def _setup_training(
+    def __init__(
         self,
+        root: str,
+        split: str,
+        spec: KeypointSpec,
         heatmap_generators: Sequence,
         joints_generators: Sequence,
-        transforms,
-        remove_images_without_annotations: bool,
-        with_center: bool,
-        scale_aware_sigma: bool,
-        base_size: float,
-        base_sigma: float,
-        int_sigma: bool,
+        transforms=None,
+        data_format: str = "jpg",
+        remove_images_without_annotations: bool = True,
+        with_center: bool = False,
+        scale_aware_sigma: bool = False,
+        base_size: float = 256.0,
+        base_sigma: float = 2.0,
+        int_sigma: bool = False,
     ) -> None:
+        super().__init__(root, split, data_format, spec)  # the layout's test dataset (next in the MRO)
         if len(heatmap_generators) != len(joints_generators):
             raise ValueError("one heatmap generator and one joints generator per output resolution")
         self.heatmap_generator = list(heatmap_generators)
@@ -335,64 +340,6 @@ class KeypointsMixin:
 class CocoKeypoints(KeypointsMixin, CocoDataset):
     """Training set in the COCO layout (also used for custom COCO-format sets)."""
 
-    def __init__(
-        self,
-        root: str,
-        split: str,
-        spec: KeypointSpec,
-        heatmap_generators: Sequence,
-        joints_generators: Sequence,
-        transforms=None,
-        data_format: str = "jpg",
-        remove_images_without_annotations: bool = True,
-        with_center: bool = False,
-        scale_aware_sigma: bool = False,
-        base_size: float = 256.0,
-        base_sigma: float = 2.0,
-        int_sigma: bool = False,
-    ) -> None:
-        CocoDataset.__init__(self, root, split, data_format, spec)
-        self._setup_training(
-            heatmap_generators,
-            joints_generators,
-            transforms,
-            remove_images_without_annotations,
-            with_center,
-            scale_aware_sigma,
-            base_size,
-            base_sigma,
-            int_sigma,
-        )
-
 
 class CrowdPoseKeypoints(KeypointsMixin, CrowdPoseDataset):
     """Training set in the CrowdPose layout."""
-
-    def __init__(
-        self,
-        root: str,
-        split: str,
-        spec: KeypointSpec,
-        heatmap_generators: Sequence,
-        joints_generators: Sequence,
-        transforms=None,
-        data_format: str = "jpg",
-        remove_images_without_annotations: bool = True,
-        with_center: bool = False,
-        scale_aware_sigma: bool = False,
-        base_size: float = 256.0,
-        base_sigma: float = 2.0,
-        int_sigma: bool = False,
-    ) -> None:
-        CrowdPoseDataset.__init__(self, root, split, data_format, spec)
-        self._setup_training(
-            heatmap_generators,
-            joints_generators,
-            transforms,
-            remove_images_without_annotations,
-            with_center,
-            scale_aware_sigma,
-            base_size,
-            base_sigma,
-            int_sigma,
-        )

@@ -158,3 +158,16 @@ def set_rng_state(state: dict[str, Any]) -> None:
         cuda_states = state["cuda"]
         if len(cuda_states) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda_states)
+
+
+def resolve_device(name: str) -> torch.device:
+    """The ``DEVICE`` key: '' -> cuda when available else cpu; otherwise the named device (a
+    :class:`ConfigError` when it names CUDA on a machine without it)."""
+    from ..config import ConfigError
+
+    if not name:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"DEVICE = {name!r}: CUDA is not available on this machine (use '' or 'cpu')")
+    return device
