@@ -42,3 +42,15 @@ def coco_sample() -> Path:
 @pytest.fixture
 def crowdpose_sample() -> Path:
     return shared_path("crowdpose_sample")
+
+
+def load_tool(name: str):
+    """Import ``tools/<name>.py`` as a module (tools/ is a folder of scripts, not a package)."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(f"_tool_{name}", REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -3,9 +3,7 @@ and a randomly initialised checkpoint, run in-process through ``main(argv)``."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 
 import cv2
 import numpy as np
@@ -14,16 +12,7 @@ import torch
 
 from higherpose.models import build_model
 from higherpose.utils.checkpoint import CheckpointError, save_atomic
-from tests.conftest import REPO, TINY_HRNET, load_cfg
-
-
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"_tool_{name}", REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
+from tests.conftest import TINY_HRNET, load_cfg, load_tool
 
 demo = load_tool("demo")
 

@@ -4,7 +4,6 @@ COCO sample images with the tiny HigherHRNet at 128 px."""
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import subprocess
@@ -17,16 +16,7 @@ import torch.multiprocessing as mp
 
 from higherpose.utils import distributed as du
 from higherpose.utils.checkpoint import load_file
-from tests.conftest import REPO, SHARED_DATA, TINY_HRNET
-
-
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"_tool_{name}", REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
+from tests.conftest import REPO, SHARED_DATA, TINY_HRNET, load_tool
 
 dist_train = load_tool("dist_train")
 

@@ -3,9 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-
 import cv2
 import numpy as np
 import onnx
@@ -15,16 +12,7 @@ import torch
 from higherpose.core.inference import predict_image
 from higherpose.models import build_model
 from higherpose.utils.checkpoint import CheckpointError, save_atomic
-from tests.conftest import REPO, SHARED_DATA, TINY_HRNET, TINY_SAT, load_cfg
-
-
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"_tool_{name}", REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
+from tests.conftest import SHARED_DATA, TINY_HRNET, TINY_SAT, load_cfg, load_tool
 
 export_onnx = load_tool("export_onnx")
 
