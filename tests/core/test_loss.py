@@ -124,7 +124,7 @@ def test_multi_loss_factory_stages_offsets_factors():
 
 
 def test_multi_loss_factory_tag_offset_without_heatmap_loss():
-    cfg = load_cfg(TINY_HRNET, "LOSS.WITH_HEATMAPS_LOSS", "[False, True]")
+    cfg = load_cfg(TINY_HRNET, "LOSS.WITH_HEATMAPS_LOSS", "[False, True]", "LOSS.PUSH_LOSS_FACTOR", "[0.001, 0.001]")
     k = cfg.MODEL.NUM_JOINTS
     outputs = [torch.randn(1, k, 8, 8), torch.randn(1, k, 16, 16)]  # stage 0: tags only, offset 0
     joints = [random_joints(1, 30, k, 8, [3]), random_joints(1, 30, k, 16, [3])]

@@ -90,7 +90,7 @@ def test_hrnet_counts_match_official_summary_and_flop_counter() -> None:
 
 
 def test_sat_head_attention_is_counted_and_attributed() -> None:
-    model = build_model(load_cfg(TINY_SAT), is_train=False).eval()
+    model = build_model(load_cfg(TINY_SAT, "MODEL.SAT.TOKEN_STRIDE", 8), is_train=False).eval()
     report = count_macs(model, torch.zeros(1, 3, 128, 128))
     head = model.sat_head
     n, k, d = (128 // 8) ** 2, head.num_joints, head.d_model
