@@ -87,18 +87,23 @@ def evaluate_keypoints(
         raise ValueError(f"dataset = {dataset!r}: choose 'coco', 'crowd_pose' or 'custom'")
     names = CROWDPOSE_NAMES if dataset == "crowd_pose" else COCO_NAMES
     results = [dict(r) for r in results]  # the evaluators add fields (area, id) to the dicts
-    quiet = io.StringIO()
     if dataset == "crowd_pose":
-        from faster_coco_eval import COCO, COCOeval_faster
+        from faster_coco_eval import COCO
+        from faster_coco_eval import COCOeval_faster as COCOeval
+    else:
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
 
-        with contextlib.redirect_stdout(quiet):
-            gt = COCO(gt_json_path)
-        _check_image_ids(results, gt.getImgIds(), gt_json_path)
-        if not results:
-            return OrderedDict((n, 0.0) for n in names)
-        with contextlib.redirect_stdout(quiet):
-            dt = gt.loadRes(results)
-            ev = COCOeval_faster(
+    quiet = io.StringIO()
+    with contextlib.redirect_stdout(quiet):
+        gt = COCO(gt_json_path)
+    _check_image_ids(results, gt.getImgIds(), gt_json_path)
+    if not results:
+        return OrderedDict((n, 0.0) for n in names)
+    with contextlib.redirect_stdout(quiet):
+        dt = gt.loadRes(results)
+        if dataset == "crowd_pose":
+            ev = COCOeval(
                 gt,
                 dt,
                 iouType="keypoints_crowd",
@@ -106,35 +111,19 @@ def evaluate_keypoints(
                 use_area=False,
                 print_function=lambda *a, **k: None,
             )
-            if image_ids is not None:
-                ev.params.imgIds = sorted(int(i) for i in image_ids)
-            ev.evaluate()
-            ev.accumulate()
-            ev.summarize()
-        # faster-coco-eval's keypoints_crowd stats are already the 9 CrowdPose numbers in this order
-        # (the CrowdPose API's stats[[0, 1, 2, 5, 6, 7, 8, 9, 10]]).
-        stats = [float(s) for s in ev.stats[: len(names)]]
-    else:
-        from pycocotools.coco import COCO
-        from pycocotools.cocoeval import COCOeval
-
-        with contextlib.redirect_stdout(quiet):
-            gt = COCO(gt_json_path)
-        _check_image_ids(results, gt.getImgIds(), gt_json_path)
-        if not results:
-            return OrderedDict((n, 0.0) for n in names)
-        with contextlib.redirect_stdout(quiet):
-            dt = gt.loadRes(results)
+        else:
             ev = COCOeval(gt, dt, "keypoints")
+            ev.params.useSegm = None
             if dataset == "custom" and sigmas is not None:
                 ev.params.kpt_oks_sigmas = np.asarray(sigmas, dtype=np.float64)
-            if image_ids is not None:
-                ev.params.imgIds = sorted(int(i) for i in image_ids)
-            ev.params.useSegm = None
-            ev.evaluate()
-            ev.accumulate()
-            ev.summarize()
-        stats = [float(s) for s in ev.stats[: len(names)]]
+        if image_ids is not None:
+            ev.params.imgIds = sorted(int(i) for i in image_ids)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    # faster-coco-eval's keypoints_crowd stats are already the 9 CrowdPose numbers in this order
+    # (the CrowdPose API's stats[[0, 1, 2, 5, 6, 7, 8, 9, 10]]); COCO's are its first 10.
+    stats = [float(s) for s in ev.stats[: len(names)]]
     _log.debug(quiet.getvalue())
     return OrderedDict(zip(names, stats))
 

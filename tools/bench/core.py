@@ -41,48 +41,15 @@ def _best(fn, reps: int) -> float:
 # ------------------------------------------------------------------ official loops (timing references)
 
 
-def _loop_ae_loss(tags, joints, loss_type="exp"):
-    """HigherHRNet's AELoss.forward: Python loop over images x persons x joints."""
-    pushes, pulls = [], []
-    joints = joints.cpu().numpy()
-    for i in range(tags.size(0)):
-        pred_tag, persons, pull = tags[i], [], 0
-        for row in joints[i]:
-            tmp = [pred_tag[j[0]] for j in row if j[1] > 0]
-            if not tmp:
-                continue
-            tmp = torch.stack(tmp)
-            persons.append(torch.mean(tmp, dim=0))
-            pull = pull + torch.mean((tmp - persons[-1].expand_as(tmp)) ** 2)
-        n = len(persons)
-        persons = torch.stack(persons)
-        diff = persons.expand(n, n) - persons.expand(n, n).permute(1, 0)
-        push = torch.exp(-torch.pow(diff, 2)).sum() - n
-        pushes.append(push / ((n - 1) * n) * 0.5)
-        pulls.append(pull / n)
-    return torch.stack(pushes), torch.stack(pulls)
-
-
-def _loop_refine(det, tag, keypoints):
-    """HigherHRNet's HeatmapParser.refine for one person (numpy, all K joint maps scanned)."""
-    tags = [
-        tag[i, int(keypoints[i, 1]), int(keypoints[i, 0])] for i in range(keypoints.shape[0]) if keypoints[i, 2] > 0
-    ]
-    prev_tag = np.mean(tags, axis=0)
-    ans = []
-    for i in range(keypoints.shape[0]):
-        tmp = det[i]
-        tt = ((tag[i] - prev_tag[None, None, :]) ** 2).sum(axis=2) ** 0.5
-        y, x = np.unravel_index(np.argmax(tmp - np.round(tt)), tmp.shape)
-        val = tmp[y, x]
-        x2 = x + 0.5 + (0.25 if tmp[y, min(x + 1, tmp.shape[1] - 1)] > tmp[y, max(x - 1, 0)] else -0.25)
-        y2 = y + 0.5 + (0.25 if tmp[min(y + 1, tmp.shape[0] - 1), x] > tmp[max(0, y - 1), x] else -0.25)
-        ans.append((x2, y2, val))
-    ans = np.array(ans)
-    for i in range(det.shape[0]):
-        if ans[i, 2] > 0 and keypoints[i, 2] == 0:
-            keypoints[i, :3] = ans[i]
-    return keypoints
+def _references():
+    """The official loops kept in the tests as references (AE loss, per-person refine): one copy each."""
+    sys.path.insert(0, REPO)
+    try:
+        from tests.core.test_group import ref_refine
+        from tests.core.test_loss import loop_ae_loss
+    finally:
+        sys.path.pop(0)
+    return loop_ae_loss, ref_refine
 
 
 # ------------------------------------------------------------------ sections
@@ -111,7 +78,8 @@ def bench_loss(quick: bool) -> list[dict]:
 
     reps = 2 if quick else 5
     fast = _best(lambda: step(loss), reps)
-    slow = _best(lambda: step(_loop_ae_loss), 1 if quick else 2)
+    loop_ae_loss, _ = _references()
+    slow = _best(lambda: step(lambda t, j: loop_ae_loss(t, j, "exp")), 1 if quick else 2)
     detail = f"B={b}, M={m} persons, K={k}, 128x128 tag maps, forward+backward, CPU 1 thread"
     return [
         {"name": "ae_loss_vectorised", "value": fast * 1e3, "unit": "ms", "detail": detail},
@@ -151,10 +119,12 @@ def bench_parse(quick: bool) -> list[dict]:
     def fast():
         return parser.parse(det, tag, adjust=True, refine=True)
 
+    _, ref_refine = _references()
+
     def official_refine():
         ans = parser.adjust(parser.match(**parser.top_k(det, tag)), det)[0]
         for i in range(len(ans)):  # the official re-copied the maps per person
-            ans[i] = _loop_refine(det[0].cpu().numpy(), tag[0].cpu().numpy(), ans[i])
+            ans[i] = ref_refine(det[0].cpu().numpy(), tag[0].cpu().numpy(), ans[i])
         return ans
 
     t_fast = _best(fast, reps)
