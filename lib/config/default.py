@@ -45,6 +45,7 @@ _C.MODEL = CN()
 _C.MODEL.NAME = "pose_multi_resolution_net_v16"  # 'pose_higher_hrnet' or 'higher_pose'
 _C.MODEL.INIT_WEIGHTS = True  # call init_weights(PRETRAINED) when building for training
 _C.MODEL.PRETRAINED = ""  # ImageNet HRNet classification checkpoint
+_C.MODEL.INIT_SCHEME = "higherhrnet"  # NEW: all convs N(0, 0.001^2) as HigherHRNet, or 'kaiming' (from scratch)
 _C.MODEL.NUM_JOINTS = 17
 _C.MODEL.TAG_PER_JOINT = True  # one tag map per joint (else a single tag map)
 _C.MODEL.EXTRA = CN(new_allowed=True)  # architecture (STAGE2..4, DECONV, ...), filled by the YAML
@@ -136,6 +137,8 @@ _C.TRAIN.NAN_POLICY = "stop"  # non-finite loss: 'stop' the run, or 'skip' the s
 _C.TRAIN.CLIP_GRAD = 0.0  # clip the gradient norm to this value (0 = off)
 _C.TRAIN.CHANNELS_LAST = False  # channels_last memory format (faster on tensor-core GPUs)
 _C.TRAIN.WARMUP_ITERS = 0  # linear LR warm-up over the first N steps
+_C.TRAIN.EMA_DECAY = 0.0  # > 0: keep an exponential moving average of the weights; final/best = the average
+_C.TRAIN.LR_SCHEDULER = "multistep"  # 'multistep' (LR_STEP/LR_FACTOR, HigherHRNet) or 'cosine' (per step to 0)
 _C.TRAIN.AE_WARMUP_ITERS = 0  # push/pull factors scaled up by AE_WARMUP_FACTOR for the first N steps
 _C.TRAIN.AE_WARMUP_FACTOR = 1.0
 
@@ -316,6 +319,12 @@ def check_config(cfg: CN, source: str = "config") -> None:
         _fail(source, "WORKERS", cfg.WORKERS, "must be >= 0")
     if cfg.TRAIN.NAN_POLICY not in ("stop", "skip"):
         _fail(source, "TRAIN.NAN_POLICY", cfg.TRAIN.NAN_POLICY, "choose 'stop' or 'skip'")
+    if not 0.0 <= cfg.TRAIN.EMA_DECAY < 1.0:
+        _fail(source, "TRAIN.EMA_DECAY", cfg.TRAIN.EMA_DECAY, "must be in [0, 1) (0 = off)")
+    if cfg.MODEL.INIT_SCHEME not in ("higherhrnet", "kaiming"):
+        _fail(source, "MODEL.INIT_SCHEME", cfg.MODEL.INIT_SCHEME, "choose 'higherhrnet' or 'kaiming'")
+    if cfg.TRAIN.LR_SCHEDULER not in ("multistep", "cosine"):
+        _fail(source, "TRAIN.LR_SCHEDULER", cfg.TRAIN.LR_SCHEDULER, "choose 'multistep' or 'cosine'")
     if cfg.TRAIN.OPTIMIZER not in ("adam", "adamw", "sgd"):
         _fail(source, "TRAIN.OPTIMIZER", cfg.TRAIN.OPTIMIZER, "choose 'adam', 'adamw' or 'sgd'")
     if cfg.FP16.DTYPE not in ("float16", "bfloat16"):

@@ -26,6 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..utils import distributed as du
 from ..utils.checkpoint import CheckpointError, extract_state_dict, load_file, load_pose_state_dict, save_atomic
+from ..utils.ema import ModelEMA
 from ..utils.meters import AverageMeter, eta_seconds, format_seconds
 from ..utils.optim import WarmupMultiStepLR, build_scheduler, get_optimizer
 
@@ -178,6 +179,7 @@ def do_train(
     state: TrainState | None = None,
     ctx: du.DistContext | None = None,
     logger: logging.Logger | None = None,
+    ema: ModelEMA | None = None,
 ) -> dict[str, float]:
     """Train one epoch (HigherHRNet's signature plus keyword extras); returns the epoch's mean losses.
 
@@ -248,6 +250,8 @@ def do_train(
         else:
             optimizer.step()
         state.global_step += 1
+        if ema is not None:
+            ema.update_parameters(unwrap(model))
 
         for (name, _), v in zip(terms, values_cpu):
             meters.setdefault(name, AverageMeter()).update(v, images.size(0))
@@ -325,6 +329,7 @@ def save_checkpoint(
     scheduler: WarmupMultiStepLR | None,
     scaler: torch.amp.GradScaler | None,
     state: TrainState,
+    ema: ModelEMA | None = None,
 ) -> None:
     """Everything needed to resume, written atomically (a crash mid-save keeps the previous file)."""
     weights = bare_state_dict(model)
@@ -336,6 +341,7 @@ def save_checkpoint(
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "scaler": scaler.state_dict() if scaler is not None else None,
+        "ema": ema.state_dict() if ema is not None else None,  # TRAIN.EMA_DECAY's averaged weights
         "global_step": state.global_step,
         "best_perf": state.best_perf,
         "train_state": asdict(state),
@@ -352,6 +358,7 @@ def load_checkpoint(
     scheduler: WarmupMultiStepLR | None,
     scaler: torch.amp.GradScaler | None,
     restore_rng: bool = True,
+    ema: ModelEMA | None = None,
 ) -> TrainState:
     """Resume from ours or HigherHRNet's training checkpoint (loaded on the CPU: no ``map_location`` bug).
 
@@ -376,6 +383,12 @@ def load_checkpoint(
             scheduler.set_epoch(state.epoch)
     if scaler is not None and ckpt.get("scaler"):
         scaler.load_state_dict(ckpt["scaler"])
+    if ema is not None:
+        if ckpt.get("ema"):
+            ema.load_state_dict(ckpt["ema"])
+        else:  # a checkpoint written without TRAIN.EMA_DECAY: the average starts from the resumed weights
+            ema.n_averaged.zero_()
+            ema.update_parameters(unwrap(model))
     if restore_rng and ckpt.get("rng"):
         du.set_rng_state(ckpt["rng"])
     return state
@@ -462,8 +475,16 @@ def fit(
         loss_factory = MultiLossFactory(cfg)
     loss_factory = loss_factory.to(device)
 
+    if data_loader is None:
+        if loader_fn is None:
+            from ..dataset.build import make_dataloader
+
+            loader_fn = lambda c, d: make_dataloader(c, is_train=True, distributed=d)  # noqa: E731
+        data_loader = loader_fn(cfg, ctx.distributed)
+
     optimizer = get_optimizer(cfg, model)
-    scheduler = build_scheduler(cfg, optimizer)
+    scheduler = build_scheduler(cfg, optimizer, steps_per_epoch(cfg, data_loader))
+    ema = ModelEMA(model, cfg.TRAIN.EMA_DECAY) if cfg.TRAIN.EMA_DECAY > 0 else None
     scaler = make_grad_scaler(cfg, device)
     fp16, amp_dtype = amp_settings(cfg, device)
     state = TrainState(epoch=cfg.TRAIN.BEGIN_EPOCH)
@@ -473,20 +494,13 @@ def fit(
     resume_path = checkpoint_to_resume(output_dir) if cfg.AUTO_RESUME else None
     if resume_path:
         # Every rank loads (on the CPU) before DDP wraps the model; RNG states are rank 0's.
-        state = load_checkpoint(resume_path, model, optimizer, scheduler, scaler, restore_rng=ctx.is_main)
+        state = load_checkpoint(resume_path, model, optimizer, scheduler, scaler, restore_rng=ctx.is_main, ema=ema)
         if ctx.is_main:
             logger.info(f"=> resumed from {resume_path}: epoch {state.epoch}, global step {state.global_step}")
 
     if ctx.distributed:
         device_ids = [torch.device(device).index] if device.startswith("cuda") else None
         model = DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=False)
-
-    if data_loader is None:
-        if loader_fn is None:
-            from ..dataset.build import make_dataloader
-
-            loader_fn = lambda c, d: make_dataloader(c, is_train=True, distributed=d)  # noqa: E731
-        data_loader = loader_fn(cfg, ctx.distributed)
 
     writer_dict = None
     if ctx.is_main:
@@ -500,6 +514,8 @@ def fit(
             f"amp {'off' if not fp16 else str(amp_dtype).replace('torch.', '')}, output {output_dir}"
         )
 
+    # What is validated and saved as model_best / final_state: the weight average when TRAIN.EMA_DECAY > 0.
+    eval_model = ema.module if ema is not None else model
     try:
         for epoch in range(state.epoch, cfg.TRAIN.END_EPOCH):
             if cfg.TRAIN.SEED >= 0:
@@ -523,6 +539,7 @@ def fit(
                 state=state,
                 ctx=ctx,
                 logger=logger,
+                ema=ema,
             )
             scheduler.step()
             state.epoch = epoch + 1
@@ -532,7 +549,7 @@ def fit(
             is_best = False
             if val_freq > 0 and ((epoch + 1) % val_freq == 0 or last):
                 if ctx.is_main:
-                    metrics = validate(cfg, model, output_dir, logger)
+                    metrics = validate(cfg, eval_model, output_dir, logger)
                     ap = metrics.get("AP", float("nan"))
                     logger.info(f"=> epoch {epoch} validation AP {ap:.4f}")
                     for name, value in metrics.items():
@@ -542,10 +559,10 @@ def fit(
                 du.barrier()
             if ctx.is_main:
                 save_checkpoint(
-                    os.path.join(output_dir, CHECKPOINT_NAME), cfg, model, optimizer, scheduler, scaler, state
+                    os.path.join(output_dir, CHECKPOINT_NAME), cfg, model, optimizer, scheduler, scaler, state, ema
                 )
                 if is_best:
-                    save_atomic(bare_state_dict(model), os.path.join(output_dir, BEST_NAME))
+                    save_atomic(bare_state_dict(eval_model), os.path.join(output_dir, BEST_NAME))
                     logger.info(f"=> new best AP {state.best_perf:.4f}: saved {BEST_NAME}")
                 logger.info(f"=> saved {CHECKPOINT_NAME} (epoch {epoch})")
             du.barrier()
@@ -555,7 +572,7 @@ def fit(
             # rank has its own; give all ranks rank 0's (the ones saved) so the final models are equal.
             du.broadcast_buffers_(unwrap(model))
         if ctx.is_main:
-            save_atomic(bare_state_dict(model), os.path.join(output_dir, FINAL_NAME))
+            save_atomic(bare_state_dict(eval_model), os.path.join(output_dir, FINAL_NAME))
             logger.info(f"=> saved {FINAL_NAME} in {output_dir}")
             if state.best_perf is None:
                 why = "TRAIN.VAL_FREQ = 0" if cfg.TRAIN.VAL_FREQ <= 0 else "no validation ran in this session"

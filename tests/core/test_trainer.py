@@ -82,6 +82,24 @@ def test_scheduler_equals_multisteplr_and_warms_up():
     assert again.optimizer.param_groups[0]["lr"] == 0.5 and again.global_step == 5
 
 
+def test_cosine_schedule_per_step_with_warmup(coco_sample):
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    sched = WarmupMultiStepLR(torch.optim.SGD(params, lr=1.0), [1], 0.1, warmup_iters=2, cosine_iters=8)
+    lrs = []
+    for step in range(10):
+        sched.step_iter(step)
+        lrs.append(sched.optimizer.param_groups[0]["lr"])
+        if step % 4 == 3:
+            sched.step()  # epoch ends do not touch a cosine schedule (LR_STEP is ignored)
+    ref = [0.5 * (1 + math.cos(math.pi * min(s, 8) / 8)) * min(1.0, (s + 1) / 2) for s in range(10)]
+    assert lrs == pytest.approx(ref, abs=1e-12)
+    assert lrs[0] == 0.5 and lrs[4] == pytest.approx(0.5) and lrs[8] == lrs[9] == 0.0
+    cfg = sample_cfg(coco_sample, "TRAIN.LR_SCHEDULER", "cosine", "TRAIN.END_EPOCH", 3)
+    assert build_scheduler(cfg, torch.optim.SGD(params, lr=1.0), steps_per_epoch=5).cosine_iters == 15
+    with pytest.raises(ValueError, match="steps per epoch"):
+        build_scheduler(cfg, torch.optim.SGD(params, lr=1.0))
+
+
 def test_get_optimizer_kinds(coco_sample):
     model = torch.nn.Linear(2, 2)
     for name, cls in (("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW), ("sgd", torch.optim.SGD)):
@@ -244,6 +262,32 @@ def test_resume_reproduces_uninterrupted_run(coco_sample, tmp_path):
     assert a["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.003 * 0.1**1)
     # the two runs did not just stand still
     assert not torch.equal(a["model"]["final_layers.0.weight"], first["model"]["final_layers.0.weight"])
+
+
+def test_ema_and_cosine_resume_exactly(coco_sample, tmp_path, monkeypatch):
+    opts = ["TRAIN.ITERS_PER_EPOCH", 2, "AUTO_RESUME", True, "TRAIN.EMA_DECAY", 0.9, "TRAIN.LR_SCHEDULER", "cosine"]
+    cfg = sample_cfg(coco_sample, *opts, "TRAIN.END_EPOCH", 2)
+    run_fit(cfg, tmp_path / "a")
+    # run b is killed when epoch 1 starts (the cosine depends on END_EPOCH, so the config stays the same)
+    real_do_train = T.do_train
+
+    def killed_at_epoch_1(*args, **kwargs):
+        if args[5] == 1:
+            raise KeyboardInterrupt
+        return real_do_train(*args, **kwargs)
+
+    monkeypatch.setattr(T, "do_train", killed_at_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        run_fit(cfg, tmp_path / "b")
+    monkeypatch.setattr(T, "do_train", real_do_train)
+    run_fit(cfg, tmp_path / "b")
+    a, b = load_file(str(tmp_path / "a" / T.CHECKPOINT_NAME)), load_file(str(tmp_path / "b" / T.CHECKPOINT_NAME))
+    assert int(a["ema"]["n_averaged"]) == int(b["ema"]["n_averaged"]) == 4
+    _assert_same_state(a["ema"], b["ema"])
+    final = load_file(str(tmp_path / "a" / T.FINAL_NAME))
+    # final_state.pth holds the average (plain keys), not the last weights
+    _assert_same_state(final, {k[len("module.") :]: v for k, v in a["ema"].items() if k.startswith("module.")})
+    assert not torch.equal(final["final_layers.0.weight"], a["model"]["final_layers.0.weight"])
 
 
 def test_checkpoint_contents_and_final_weights(coco_sample, tmp_path):

@@ -61,13 +61,29 @@ def test_w32_output_shapes(w32: PoseHigherResolutionNet, h: int, w: int) -> None
 
 
 def test_tiny_model_trains_from_official_init() -> None:
-    cfg = load_cfg(TINY_HRNET)
+    cfg = load_cfg(TINY_HRNET, "MODEL.INIT_SCHEME", "higherhrnet")
     model = build_model(cfg, is_train=True)
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert all(abs(float(m.weight.detach().std()) - 0.001) < 0.0005 for m in convs if m.weight.numel() > 1000)
     assert all(float(m.bias.detach().abs().max()) == 0 for m in convs if m.bias is not None)
     out = model(torch.randn(2, 3, 128, 192))
     assert out[0].shape == (2, 34, 32, 48) and out[1].shape == (2, 17, 64, 96)
+
+
+def test_kaiming_init_scheme_keeps_small_output_convs() -> None:
+    model = build_model(load_cfg(TINY_HRNET, "MODEL.INIT_SCHEME", "kaiming"), is_train=True)
+    final = {id(m) for m in model.final_layers.modules()}
+    convs = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+    for m in convs:
+        std = float(m.weight.detach().std())
+        if id(m) in final:
+            assert abs(std - 0.001) < 0.0005
+        elif m.weight.numel() > 1000:
+            # Kaiming normal, fan_out: std = sqrt(2 / fan_out); ConvTranspose2d's fan_out is dim 0 x kernel
+            fan_out = m.weight.shape[0] * m.weight[0, 0].numel()
+            assert std == pytest.approx((2.0 / fan_out) ** 0.5, rel=0.2), m
+    with pytest.raises(Exception, match="INIT_SCHEME"):
+        load_cfg(TINY_HRNET, "MODEL.INIT_SCHEME", "xavier")
 
 
 def test_tag_per_joint_false_and_no_ae_head() -> None:
