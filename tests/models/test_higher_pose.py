@@ -78,7 +78,8 @@ def test_init_outputs_equal_higher_hrnet_with_copied_weights() -> None:
 
 
 def test_get_pose_net_train_init_keeps_zero_gates_and_transformer_init() -> None:
-    model = tiny(is_train=True)  # init_weights: HigherHRNet's N(0, 0.001^2) conv reset, then the head's
+    # init_weights: HigherHRNet's N(0, 0.001^2) conv reset, then the head's
+    model = tiny("MODEL.INIT_SCHEME", "higherhrnet", is_train=True)
     head = model.sat_head
     for p in (head.gamma1, head.gamma2, head.dyn_linear.weight, head.dyn_linear.bias):
         assert torch.count_nonzero(p) == 0

@@ -24,7 +24,8 @@ def test_quickstart_smoke(tmp_path: Path) -> None:
     summary = json.loads((out / "quickstart_summary.json").read_text())
     assert Path(summary["weights"]).name == "final_state.pth"
     assert set(summary["metrics"]) >= {"AP", "Ap .5", "AP .75", "AR"}
-    assert all(0.0 <= v <= 1.0 for v in summary["metrics"].values())
+    # -1 is COCOeval's value for an area range without ground truth (no large person in 4 images)
+    assert all(0.0 <= v <= 1.0 or v == -1.0 for v in summary["metrics"].values())
     results = list(out.rglob("keypoints_*_results.json"))
     assert results and isinstance(json.loads(results[0].read_text()), list)
     pictures = sorted(p.name for p in Path(summary["demo"]).glob("*.jpg"))
