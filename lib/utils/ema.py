@@ -1,9 +1,10 @@
 """Exponential moving average of the weights (``TRAIN.EMA_DECAY``), on ``torch.optim.swa_utils``.
 
-Not in HigherHRNet. A short run at a high learning rate ends with weights that jitter from step to
-step; their running average localises better, at the cost of one extra copy of the model. BatchNorm
-statistics are averaged with the parameters (``use_buffers=True``), so the averaged model is usable
-as it is, without a pass to recompute them.
+Not in HigherHRNet. Weights trained at a high learning rate jitter from step to step; their running
+average is often the better model, at the cost of one extra copy of it (on the synthetic quick start,
+whose LR drops for the last epoch, it was not: see the README). BatchNorm statistics are averaged with
+the parameters (``use_buffers=True``), so the averaged model is usable as it is, without a pass to
+recompute them.
 """
 
 from __future__ import annotations

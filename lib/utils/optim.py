@@ -34,8 +34,8 @@ class WarmupMultiStepLR(torch.optim.lr_scheduler.LRScheduler):
     ``lr(epoch, step) = base_lr * gamma ** #{m in milestones : m <= epoch} * min(1, (step + 1) / warmup_iters)``
 
     With ``cosine_iters > 0`` the milestone decay is replaced by a per-step cosine from ``base_lr`` to 0
-    over ``cosine_iters`` steps (``TRAIN.LR_SCHEDULER 'cosine'``): for a fixed short budget it beats a
-    late step, because the LR falls gradually instead of once.
+    over ``cosine_iters`` steps (``TRAIN.LR_SCHEDULER 'cosine'``), the usual choice for a fixed budget
+    (on the synthetic quick start it did not beat HigherHRNet's late drop; see the README).
 
     Closed form, so resuming only needs ``last_epoch`` and ``global_step`` (both in ``state_dict``).
     Call :meth:`step` once per epoch (after it, as HigherHRNet) and :meth:`step_iter` before every
