@@ -89,6 +89,7 @@ def test_cosine_schedule_per_step_with_warmup(coco_sample):
     for step in range(10):
         sched.step_iter(step)
         lrs.append(sched.optimizer.param_groups[0]["lr"])
+        sched.optimizer.step()
         if step % 4 == 3:
             sched.step()  # epoch ends do not touch a cosine schedule (LR_STEP is ignored)
     ref = [0.5 * (1 + math.cos(math.pi * min(s, 8) / 8)) * min(1.0, (s + 1) / 2) for s in range(10)]
