@@ -70,6 +70,7 @@ _C.LOSS = CN()
 _C.LOSS.NUM_STAGES = 1
 _C.LOSS.WITH_HEATMAPS_LOSS = (True,)
 _C.LOSS.HEATMAPS_LOSS_FACTOR = (1.0,)
+_C.LOSS.HEATMAPS_LOSS_TYPE = "mse"  # NEW: 'mse' (HigherHRNet) or 'wahr' (SWAHR's weight-adaptive loss)
 _C.LOSS.WITH_AE_LOSS = (True,)
 _C.LOSS.AE_LOSS_TYPE = "max"  # 'exp' or 'max'
 _C.LOSS.PUSH_LOSS_FACTOR = (0.001,)
@@ -108,6 +109,9 @@ _C.DATASET.SCALE_AWARE_SIGMA = False
 _C.DATASET.BASE_SIZE = 256.0
 _C.DATASET.BASE_SIGMA = 2.0
 _C.DATASET.INT_SIGMA = False
+# NEW: unbiased data processing (Huang et al., UDP): Gaussians at the exact joint positions, exact
+# flip mirror, test maps aligned by exact resampling, sub-pixel decoding without HigherHRNet's offsets.
+_C.DATASET.USE_UDP = False
 
 _C.DATASET.WITH_CENTER = False
 
@@ -331,6 +335,8 @@ def check_config(cfg: CN, source: str = "config") -> None:
         _fail(source, "FP16.DTYPE", cfg.FP16.DTYPE, "choose 'float16' or 'bfloat16'")
     if cfg.LOSS.AE_LOSS_TYPE not in ("exp", "max"):
         _fail(source, "LOSS.AE_LOSS_TYPE", cfg.LOSS.AE_LOSS_TYPE, "choose 'exp' or 'max'")
+    if cfg.LOSS.HEATMAPS_LOSS_TYPE not in ("mse", "wahr"):
+        _fail(source, "LOSS.HEATMAPS_LOSS_TYPE", cfg.LOSS.HEATMAPS_LOSS_TYPE, "choose 'mse' or 'wahr'")
     if 1 not in [float(s) for s in cfg.TEST.SCALE_FACTOR]:
         # Tags are only taken at scale 1.0 (HigherHRNet's aggregate_results); without it there are none.
         _fail(source, "TEST.SCALE_FACTOR", list(cfg.TEST.SCALE_FACTOR), "must contain 1.0")

@@ -15,15 +15,34 @@ from typing import Any
 import torch
 from torch import nn
 
+HEATMAP_LOSS_TYPES = ("mse", "wahr")
+
 
 class HeatmapLoss(nn.Module):
-    """Masked MSE, averaged per image over K x H x W (masked pixels still count in the mean)."""
+    """Masked squared error, averaged per image over K x H x W (masked pixels still count in the mean).
+
+    ``loss_type``: 'mse' (HigherHRNet) or 'wahr', the weight-adaptive heatmap regression of SWAHR
+    (Luo et al., CVPR 2021): each squared error is weighted by ``|1 - p| * g**0.01 + |p| * (1 - g**0.01)``
+    (p prediction, g target). Inside a Gaussian ``g**0.01`` is about 1, so the weight is ``|1 - p|``;
+    on the background it is ``|p|``. The few foreground pixels then carry about as much of the loss as
+    the many background ones, instead of a fraction of it under plain MSE.
+    """
+
+    def __init__(self, loss_type: str = "mse"):
+        super().__init__()
+        if loss_type not in HEATMAP_LOSS_TYPES:
+            raise ValueError(f"LOSS.HEATMAPS_LOSS_TYPE = {loss_type!r}: choose one of {HEATMAP_LOSS_TYPES}")
+        self.loss_type = loss_type
 
     def forward(self, pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """pred, gt: (B, K, H, W); mask: (B, H, W) -> (B,)."""
         if pred.shape != gt.shape:
             raise ValueError(f"heatmap prediction {tuple(pred.shape)} and target {tuple(gt.shape)} differ")
-        loss = (pred - gt) ** 2 * mask[:, None, :, :].expand_as(pred)
+        loss = (pred - gt) ** 2
+        if self.loss_type == "wahr":
+            soft = gt.pow(0.01)
+            loss = loss * (torch.abs(1 - pred) * soft + torch.abs(pred) * (1 - soft))
+        loss = loss * mask[:, None, :, :].expand_as(pred)
         return loss.mean(dim=3).mean(dim=2).mean(dim=1)
 
 
@@ -96,7 +115,7 @@ class MultiLossFactory(nn.Module):
         ):
             if len(loss[key]) != self.num_stages:
                 raise ValueError(f"LOSS.{key} = {list(loss[key])}: needs LOSS.NUM_STAGES = {self.num_stages} entries")
-        self.heatmaps_loss = [HeatmapLoss() if on else None for on in loss.WITH_HEATMAPS_LOSS]
+        self.heatmaps_loss = [HeatmapLoss(loss.HEATMAPS_LOSS_TYPE) if on else None for on in loss.WITH_HEATMAPS_LOSS]
         self.ae_loss = [AELoss(loss.AE_LOSS_TYPE) if on else None for on in loss.WITH_AE_LOSS]
         self.heatmaps_loss_factor = [float(f) for f in loss.HEATMAPS_LOSS_FACTOR]
         self.push_loss_factor = [float(f) for f in loss.PUSH_LOSS_FACTOR]

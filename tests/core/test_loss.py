@@ -103,6 +103,21 @@ def test_heatmap_loss_official_normalisation():
     torch.testing.assert_close(HeatmapLoss()(pred, gt, mask), want)
 
 
+def test_heatmap_loss_wahr_weights():
+    """SWAHR's weight |1 - p| g^0.01 + |p| (1 - g^0.01), element by element, then the same masked mean."""
+    pred = torch.tensor([[[[0.2, -0.1], [0.9, 0.0]]]])
+    gt = torch.tensor([[[[0.0, 0.0], [1.0, 0.5]]]])
+    mask = torch.tensor([[[1.0, 1.0], [1.0, 0.0]]])
+    weights = [0.2, 0.1, 0.1, 0.5**0.01 + 0.0]  # background |p|, foreground ~|1 - p|
+    errors = [0.2**2, 0.1**2, 0.1**2, 0.5**2]
+    want = sum(w * e * m for w, e, m in zip(weights, errors, [1, 1, 1, 0])) / 4
+    torch.testing.assert_close(HeatmapLoss("wahr")(pred, gt, mask), torch.tensor([want]))
+    # A false positive costs |p| p^2: weaker than MSE's p^2, a missed peak (1 - p)^3 near MSE's.
+    assert HeatmapLoss("wahr")(pred, gt, mask) < HeatmapLoss("mse")(pred, gt, mask)
+    with pytest.raises(ValueError, match="HEATMAPS_LOSS_TYPE"):
+        HeatmapLoss("l1")
+
+
 def test_multi_loss_factory_stages_offsets_factors():
     cfg = load_cfg(TINY_HRNET, "LOSS.PUSH_LOSS_FACTOR", "[0.5, 0.001]", "LOSS.PULL_LOSS_FACTOR", "[0.25, 0.001]")
     k = cfg.MODEL.NUM_JOINTS
