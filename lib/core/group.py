@@ -11,7 +11,9 @@ at the best position near the person's mean tag). Results equal the official cod
 * ``adjust`` and ``refine`` are vectorised over persons and joints; ``refine`` evaluates the tag
   distance maps of all missing joints of all persons in batched tensor ops on the maps' device
   (the official copied the maps to the CPU once per person and scanned all K maps per person);
-* ``refine`` runs on every image of the batch (officially only image 0; valid.py used batch 1).
+* ``refine`` runs on every image of the batch (officially only image 0; valid.py used batch 1);
+* with ``DATASET.USE_UDP`` (NEW) ``adjust`` and ``refine`` place a joint at its peak plus the Taylor
+  offset of :func:`~higherpose.core.udp.taylor_offsets`, without the +0.5 and the quarter shift.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
+from higherpose.core.udp import taylor_offsets
 from higherpose.dataset.specs import spec_from_cfg
 
 
@@ -130,6 +133,8 @@ class HeatmapParser:
         self.tag_per_joint = cfg.MODEL.TAG_PER_JOINT
         self.pool = torch.nn.MaxPool2d(cfg.TEST.NMS_KERNEL, 1, cfg.TEST.NMS_PADDING)
         self.nms_kernel, self.nms_padding = cfg.TEST.NMS_KERNEL, cfg.TEST.NMS_PADDING
+        # DATASET.USE_UDP: Taylor sub-pixel offsets without HigherHRNet's +0.5 and quarter shift.
+        self.udp = bool(cfg.DATASET.USE_UDP)
 
     def nms(self, det: torch.Tensor) -> torch.Tensor:
         """Keep local maxima of det (B, K, H, W), zero elsewhere."""
@@ -170,13 +175,28 @@ class HeatmapParser:
             people[p_idx, j_idx, 1] = row + 0.5 + sy
         return ans
 
+    @staticmethod
+    def adjust_udp(ans: list[np.ndarray], det: torch.Tensor) -> list[np.ndarray]:
+        """``DATASET.USE_UDP``'s adjust: every detected joint moves by the Taylor offset of its peak in
+        det (B, K, H, W) (:func:`~higherpose.core.udp.taylor_offsets`), no +0.5. ans: in place."""
+        for b, people in enumerate(ans):
+            p_idx, j_idx = np.nonzero(people[:, :, 2] > 0)
+            if p_idx.size == 0:
+                continue
+            col = people[p_idx, j_idx, 0].astype(np.int64)
+            row = people[p_idx, j_idx, 1].astype(np.int64)
+            ox, oy = taylor_offsets(det[b], j_idx, row, col)
+            people[p_idx, j_idx, 0] = col + ox
+            people[p_idx, j_idx, 1] = row + oy
+        return ans
+
     def refine(self, det: torch.Tensor, tag: torch.Tensor, keypoints: np.ndarray) -> np.ndarray:
         """Fill the missing joints of each person. det: (K, H, W); tag: (K or 1, H, W, L) (or (K, H, W));
         keypoints: (P, K, 3+L) or (K, 3+L), updated in place and returned."""
         single = keypoints.ndim == 2
         people = keypoints[None] if single else keypoints
         if people.shape[0]:
-            _refine_people(det, tag, people, self.params.num_joints)
+            _refine_people(det, tag, people, self.params.num_joints, self.udp)
         return people[0] if single else people
 
     def parse_batch(
@@ -185,13 +205,13 @@ class HeatmapParser:
         """Like :meth:`parse` for every image: ``(grouped per image (P, K, 3+L), scores per image)``."""
         ans = self.match(**self.top_k(det, tag))
         if adjust:
-            ans = self.adjust(ans, det)
+            ans = self.adjust_udp(ans, det) if self.udp else self.adjust(ans, det)
         # Person score = mean of all K joint values before refinement (zeros included), as HigherHRNet.
         scores = [[float(s) for s in people[:, :, 2].mean(axis=1)] for people in ans]
         if refine:
             for b, people in enumerate(ans):
                 if people.shape[0]:
-                    _refine_people(det[b], tag[b], people, self.params.num_joints)
+                    _refine_people(det[b], tag[b], people, self.params.num_joints, self.udp)
         return ans, scores
 
     def parse(
@@ -277,13 +297,15 @@ def _refine_on_peaks(
         best[rows[ok]] = cand[arg].cpu().numpy()[ok]
 
 
-def _refine_people(det: torch.Tensor, tag: torch.Tensor, people: np.ndarray, num_joints: int) -> None:
+def _refine_people(
+    det: torch.Tensor, tag: torch.Tensor, people: np.ndarray, num_joints: int, udp: bool = False
+) -> None:
     """Vectorised HigherHRNet ``refine`` for all persons of one image, in place.
 
     det: (K, H, W); tag: (K or 1, H, W, L) or (K, H, W); people: (P, K, 3+L). A missing joint j of
-    person p goes to ``argmax(det[j] - round(||tag[j] - mean_tag[p]||))`` (+0.5 and the quarter shift)
-    when the det value there is > 0. Only missing joints are evaluated (the official evaluated all K
-    and kept the missing ones: same result).
+    person p goes to ``argmax(det[j] - round(||tag[j] - mean_tag[p]||))`` (+0.5 and the quarter shift;
+    ``udp``: the Taylor offset) when the det value there is > 0. Only missing joints are evaluated (the
+    official evaluated all K and kept the missing ones: same result).
     """
     if tag.dim() == 3:
         tag = tag[..., None]
@@ -340,8 +362,12 @@ def _refine_people(det: torch.Tensor, tag: torch.Tensor, people: np.ndarray, num
         torch.as_tensor(cols, device=det.device),
     ]
     val = val.float().cpu().numpy()
-    sx, sy = _quarter_shifts(det_f, j_mis, rows, cols)
+    if udp:
+        sx, sy = taylor_offsets(det_f, j_mis, rows, cols)
+    else:
+        sx, sy = _quarter_shifts(det_f, j_mis, rows, cols)
+        sx, sy = sx + 0.5, sy + 0.5
     fill = val > 0
-    people[p_mis[fill], j_mis[fill], 0] = (cols + 0.5 + sx)[fill]
-    people[p_mis[fill], j_mis[fill], 1] = (rows + 0.5 + sy)[fill]
+    people[p_mis[fill], j_mis[fill], 0] = (cols + sx)[fill]
+    people[p_mis[fill], j_mis[fill], 1] = (rows + sy)[fill]
     people[p_mis[fill], j_mis[fill], 2] = val[fill]

@@ -14,11 +14,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from higherpose.core.group import HeatmapParser
+from higherpose.core.udp import udp_multi_stage_outputs
 from higherpose.dataset.specs import spec_from_cfg
 from higherpose.utils.transforms import get_multi_scale_size, resize_align_multi_scale, transform_preds
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+INPUT_MULTIPLE = 32  # HRNet halves the resolution five times (stem 4x, then branches down to 1/32)
 
 
 def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -135,6 +137,27 @@ def _to_input(images: Sequence[np.ndarray], device: torch.device) -> torch.Tenso
     return (x - mean) / std
 
 
+def _udp_outputs(
+    cfg: Any, model: nn.Module, x: torch.Tensor, base_size: Sequence[int], base_scale: np.ndarray, scale: np.ndarray
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """DATASET.USE_UDP: this scale's maps resampled exactly onto the scale-1 input grid
+    (``TEST.PROJECT2IMAGE``) or onto that grid at the last stage's stride (the output size there)."""
+    if cfg.TEST.PROJECT2IMAGE:
+        stride, dst_size = 1.0, tuple(base_size)
+    else:
+        stride = float(cfg.DATASET.INPUT_SIZE) / _output_sizes(cfg)[-1]
+        dst_size = (int(round(base_size[0] / stride)), int(round(base_size[1] / stride)))
+    # Input pixels per image pixel at this scale over those at scale 1 (get_affine_transform's factor).
+    ratio = (x.shape[3] / float(scale[0])) / (base_size[0] / float(base_scale[0]))
+    flip_index = list(spec_from_cfg(cfg).flip_index)
+    return udp_multi_stage_outputs(cfg, model, x, flip_index, cfg.TEST.FLIP_TEST, dst_size, stride, base_size, ratio)
+
+
+def _output_sizes(cfg: Any) -> list[int]:
+    out = cfg.DATASET.OUTPUT_SIZE
+    return [int(s) for s in out] if isinstance(out, (list, tuple)) else [int(out)]
+
+
 def _predict_same_size(
     cfg: Any, model: nn.Module, images: Sequence[np.ndarray], parser: HeatmapParser, device: torch.device
 ) -> list[tuple[list[np.ndarray], list[float]]]:
@@ -142,7 +165,7 @@ def _predict_same_size(
     scales = [float(s) for s in cfg.TEST.SCALE_FACTOR]
     min_scale = min(scales)
     input_size = cfg.DATASET.INPUT_SIZE
-    base_size, _, _ = get_multi_scale_size(images[0], input_size, 1.0, min_scale)
+    base_size, _, base_scale = get_multi_scale_size(images[0], input_size, 1.0, min_scale)
     use_amp = bool(cfg.FP16.ENABLED) and device.type == "cuda"
     amp_dtype = torch.bfloat16 if cfg.FP16.DTYPE == "bfloat16" else torch.float16
 
@@ -158,9 +181,12 @@ def _predict_same_size(
             scales_px.append(scale)
         x = _to_input(resized, device)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-            _, heatmaps, tags = get_multi_stage_outputs(
-                cfg, model, x, cfg.TEST.FLIP_TEST, cfg.TEST.PROJECT2IMAGE, base_size
-            )
+            if cfg.DATASET.USE_UDP:
+                heatmaps, tags = _udp_outputs(cfg, model, x, base_size, base_scale, scales_px[0])
+            else:
+                _, heatmaps, tags = get_multi_stage_outputs(
+                    cfg, model, x, cfg.TEST.FLIP_TEST, cfg.TEST.PROJECT2IMAGE, base_size
+                )
         heatmaps = [h.float() for h in heatmaps]
         tags = [t.float() for t in tags]
         final_heatmaps, tags_list = aggregate_results(cfg, s, final_heatmaps, tags_list, heatmaps, tags)
@@ -169,6 +195,9 @@ def _predict_same_size(
     tags = torch.cat(tags_list, dim=4)
     grouped, scores = parser.parse_batch(final_heatmaps, tags, cfg.TEST.ADJUST, cfg.TEST.REFINE)
     heatmap_size = [final_heatmaps.size(3), final_heatmaps.size(2)]
+    if cfg.DATASET.USE_UDP:  # the maps lie on the scale-1 grid (HigherHRNet maps back with the last scale's)
+        bases = [get_multi_scale_size(image, input_size, 1.0, min_scale) for image in images]
+        centers, scales_px = [b[1] for b in bases], [b[2] for b in bases]
     out = []
     for people, person_scores, center, scale in zip(grouped, scores, centers, scales_px):
         poses = [transform_preds(person, center, scale, heatmap_size) for person in people]
@@ -193,6 +222,13 @@ def predict_images(
     groups: dict[tuple, list[int]] = {}
     for i, image in enumerate(images_rgb):
         key = tuple(get_multi_scale_size(image, cfg.DATASET.INPUT_SIZE, s, min_scale)[0] for s in scales)
+        for s, size in zip(scales, key):
+            if size[0] % INPUT_MULTIPLE or size[1] % INPUT_MULTIPLE:
+                raise ValueError(
+                    f"TEST.SCALE_FACTOR {s}: the network input for a {image.shape[1]}x{image.shape[0]} image would be "
+                    f"{size[0]}x{size[1]}, not a multiple of {INPUT_MULTIPLE} (HRNet's stride); use scales that are "
+                    "multiples of half the smallest one, e.g. [1], [1.5, 1], [2, 1], [1, 0.5]"
+                )
         groups.setdefault(key, []).append(i)
     results: list[Any] = [None] * len(images_rgb)
     with torch.no_grad():

@@ -59,8 +59,13 @@ def build_dataset(cfg, is_train: bool):
     sizes = _output_sizes(cfg)
     transforms = build_transforms(cfg, spec.flip_index) if is_train else None
     heatmap_cls = ScaleAwareHeatmapGenerator if ds.SCALE_AWARE_SIGMA else HeatmapGenerator
-    heatmap_generators = [heatmap_cls(r, ds.NUM_JOINTS, ds.SIGMA) for r in sizes]
-    joints_generators = [JointsGenerator(ds.MAX_NUM_PEOPLE, ds.NUM_JOINTS, r, cfg.MODEL.TAG_PER_JOINT) for r in sizes]
+    if ds.SCALE_AWARE_SIGMA:
+        heatmap_generators = [heatmap_cls(r, ds.NUM_JOINTS, ds.SIGMA) for r in sizes]
+    else:
+        heatmap_generators = [HeatmapGenerator(r, ds.NUM_JOINTS, ds.SIGMA, udp=ds.USE_UDP) for r in sizes]
+    joints_generators = [
+        JointsGenerator(ds.MAX_NUM_PEOPLE, ds.NUM_JOINTS, r, cfg.MODEL.TAG_PER_JOINT, udp=ds.USE_UDP) for r in sizes
+    ]
     return _TRAIN_CLASSES[ds.DATASET](
         ds.ROOT,
         ds.TRAIN if is_train else ds.TEST,

@@ -7,6 +7,11 @@ loop lives in ``tests/dataset/reference_targets.py`` as the reference these must
 
 Joint arrays are ``(P, K, 3)`` = ``(x, y, v)`` in output-resolution pixels (``(P, K, 4)`` with a
 per-person sigma in column 3 for :class:`ScaleAwareHeatmapGenerator`).
+
+With ``udp=True`` (``DATASET.USE_UDP``, NEW) the Gaussians are centred at the exact float positions
+instead of the truncated ones, and a joint belongs to the pixel nearest to it: the unbiased encoding
+of Huang et al. (UDP, CVPR 2020). Truncation moves every target by up to one output pixel (half a
+pixel on average) toward the top left, which is label noise the network cannot learn away.
 """
 
 from __future__ import annotations
@@ -23,8 +28,10 @@ def gaussian_patch(sigma: float) -> np.ndarray:
     return np.exp(-((x - x0) ** 2 + (y - y0) ** 2) / (2 * sigma**2))
 
 
-def _valid_points(joints: np.ndarray, output_res: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Labelled joints whose truncated position lies in the map.
+def _valid_points(
+    joints: np.ndarray, output_res: int, udp: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Labelled joints whose truncated (``udp``: rounded) position lies in the map.
 
     Returns ``(person, joint, x, y)`` index arrays, each ``(N,)``, in person-major order.
     """
@@ -32,9 +39,12 @@ def _valid_points(joints: np.ndarray, output_res: int) -> tuple[np.ndarray, np.n
     if joints.size == 0:
         empty = np.zeros(0, np.int64)
         return empty, empty, empty, empty
-    # int() truncates toward zero, so a joint at x = -0.5 lands on pixel 0 (as in HigherHRNet).
-    xs = np.trunc(joints[..., 0]).astype(np.int64)
-    ys = np.trunc(joints[..., 1]).astype(np.int64)
+    if udp:  # the pixel whose centre is nearest
+        xs = np.floor(joints[..., 0] + 0.5).astype(np.int64)
+        ys = np.floor(joints[..., 1] + 0.5).astype(np.int64)
+    else:  # int() truncates toward zero, so a joint at x = -0.5 lands on pixel 0 (as in HigherHRNet)
+        xs = np.trunc(joints[..., 0]).astype(np.int64)
+        ys = np.trunc(joints[..., 1]).astype(np.int64)
     ok = (joints[..., 2] > 0) & (xs >= 0) & (ys >= 0) & (xs < output_res) & (ys < output_res)
     person, joint = np.nonzero(ok)
     return person, joint, xs[person, joint], ys[person, joint]
@@ -78,20 +88,50 @@ def _paste_max(
     np.maximum.at(buf, flat, np.broadcast_to(patch, (len(xs), span, span)).reshape(-1))
 
 
-class HeatmapGenerator:
-    """``(P, K, ≥3)`` joints → ``(K, R, R)`` float32 heatmaps with a fixed σ (HigherHRNet's name and call)."""
+def _paste_max_exact(buf: np.ndarray, res: int, joint: np.ndarray, x: np.ndarray, y: np.ndarray, sigma: float) -> None:
+    """UDP: max-merge a Gaussian (σ) centred at each float ``(x, y)`` of map ``joint`` into ``buf``.
 
-    def __init__(self, output_res: int, num_joints: int, sigma: float = -1) -> None:
+    Sampled at the pixels within ``ceil(3σ) + 1`` of the nearest pixel (the official window's size);
+    ``buf`` is the flat buffer of :func:`_paste_max` with its spare element.
+    """
+    if len(x) == 0:
+        return
+    radius = int(np.ceil(3 * sigma)) + 1
+    off = np.arange(-radius, radius + 1)
+    px = np.floor(x + 0.5).astype(np.int64)[:, None] + off  # (N, S)
+    py = np.floor(y + 0.5).astype(np.int64)[:, None] + off
+    gx = np.exp(-((px - x[:, None]) ** 2) / (2 * sigma**2))
+    gy = np.exp(-((py - y[:, None]) ** 2) / (2 * sigma**2))
+    patches = (gy[:, :, None] * gx[:, None, :]).astype(np.float32)  # (N, S, S)
+    spare = len(buf) - 1
+    rows = (joint[:, None] * res + py) * res
+    rows[(py < 0) | (py >= res)] = spare
+    px[(px < 0) | (px >= res)] = spare
+    flat = np.minimum(rows[:, :, None] + px[:, None, :], spare).reshape(-1)
+    np.maximum.at(buf, flat, patches.reshape(-1))
+
+
+class HeatmapGenerator:
+    """``(P, K, ≥3)`` joints → ``(K, R, R)`` float32 heatmaps with a fixed σ (HigherHRNet's name and call).
+
+    ``udp``: Gaussians at the exact joint positions (see the module docstring)."""
+
+    def __init__(self, output_res: int, num_joints: int, sigma: float = -1, udp: bool = False) -> None:
         self.output_res = int(output_res)
         self.num_joints = int(num_joints)
         self.sigma = self.output_res / 64 if sigma < 0 else sigma
         self.g = gaussian_patch(self.sigma)
+        self.udp = bool(udp)
 
     def __call__(self, joints: np.ndarray) -> np.ndarray:
         res = self.output_res
         buf = _new_maps(self.num_joints, res)
-        _, joint, xs, ys = _valid_points(joints, res)
-        _paste_max(buf, res, joint, xs, ys, self.sigma, self.g)
+        person, joint, xs, ys = _valid_points(joints, res, self.udp)
+        if self.udp:
+            joints = np.asarray(joints, dtype=np.float64)
+            _paste_max_exact(buf, res, joint, joints[person, joint, 0], joints[person, joint, 1], self.sigma)
+        else:
+            _paste_max(buf, res, joint, xs, ys, self.sigma, self.g)
         return buf[:-1].reshape(self.num_joints, res, res)
 
 
@@ -141,18 +181,21 @@ class JointsGenerator:
     ``last_overflow`` is the number of persons dropped by the last call; ``overflow`` the running total.
     """
 
-    def __init__(self, max_num_people: int, num_joints: int, output_res: int, tag_per_joint: bool) -> None:
+    def __init__(
+        self, max_num_people: int, num_joints: int, output_res: int, tag_per_joint: bool, udp: bool = False
+    ) -> None:
         self.max_num_people = int(max_num_people)
         self.num_joints = int(num_joints)
         self.output_res = int(output_res)
         self.tag_per_joint = bool(tag_per_joint)
+        self.udp = bool(udp)  # the tag is read at the nearest pixel, not the truncated one
         self.last_overflow = 0
         self.overflow = 0
 
     def __call__(self, joints: np.ndarray) -> np.ndarray:
         res = self.output_res
         out = np.zeros((self.max_num_people, self.num_joints, 2), dtype=np.int64)
-        person, joint, xs, ys = _valid_points(joints, res)
+        person, joint, xs, ys = _valid_points(joints, res, self.udp)
         self.last_overflow = 0
         if len(person) == 0:
             return out

@@ -138,12 +138,18 @@ class RandomHorizontalFlip:
     """Flip with probability ``prob``: image ``x → S-1-x``, joints re-indexed by ``flip_index`` and
     ``x → R-1-x`` at each output resolution R (HigherHRNet's convention: flipped targets sit
     ``1 - R/S`` output pixels left of the exact mirror; kept for numerical fidelity).
+
+    With ``input_size`` S given (``DATASET.USE_UDP``), joints go to the exact mirror ``x → R - R/S - x``
+    (output x = input x · R/S, and the image's mirror is ``S-1-x``).
     """
 
-    def __init__(self, flip_index: Sequence[int], output_size: Sequence[int], prob: float = 0.5) -> None:
+    def __init__(
+        self, flip_index: Sequence[int], output_size: Sequence[int], prob: float = 0.5, input_size: int | None = None
+    ) -> None:
         self.flip_index = list(flip_index)
         self.output_size = [int(s) for s in output_size]
         self.prob = prob
+        self.input_size = input_size
 
     def __call__(self, image, masks: list, joints: list, rng: np.random.Generator):
         if rng.random() < self.prob:
@@ -152,7 +158,10 @@ class RandomHorizontalFlip:
             for i, res in enumerate(self.output_size):
                 masks[i] = np.ascontiguousarray(masks[i][:, ::-1])
                 joints[i] = np.array(joints[i][:, self.flip_index], dtype=np.float64)
-                joints[i][:, :, 0] = res - joints[i][:, :, 0] - 1
+                if self.input_size is None:
+                    joints[i][:, :, 0] = res - joints[i][:, :, 0] - 1
+                else:
+                    joints[i][:, :, 0] = (res - res / self.input_size) - joints[i][:, :, 0]
         return image, masks, joints
 
 
@@ -191,7 +200,7 @@ def build_transforms(cfg, flip_index: Sequence[int]) -> Compose:
                 ds.MAX_TRANSLATE,
                 ds.SCALE_AWARE_SIGMA,
             ),
-            RandomHorizontalFlip(flip_index, output_size, ds.FLIP),
+            RandomHorizontalFlip(flip_index, output_size, ds.FLIP, ds.INPUT_SIZE if ds.USE_UDP else None),
             ToTensor(),
             Normalize(),
         ]

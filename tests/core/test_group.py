@@ -158,7 +158,7 @@ def make_maps(num_people, k=17, h=48, w=64, tags_l=2, seed=0, drop=0.3):
 
 
 def _cfg(*opts):
-    return load_cfg(TINY_HRNET, "DATASET.MAX_NUM_PEOPLE", 8, *opts)
+    return load_cfg(TINY_HRNET, "DATASET.MAX_NUM_PEOPLE", 8, "DATASET.USE_UDP", False, *opts)
 
 
 # ---------------------------------------------------------------- tests

@@ -29,6 +29,9 @@ class PerfectModel(nn.Module):
     def __init__(self, cfg, samples: list[tuple[np.ndarray, list[dict]]]):
         super().__init__()
         self.cfg = cfg
+        # DATASET.USE_UDP: joint at input x on output x / f exactly, and the mirrored input rendered from
+        # the mirrored joints (what a translation-equivariant net trained on UDP targets outputs).
+        self.udp = bool(cfg.DATASET.USE_UDP)
         self.samples = samples
         self.flip_index = list(spec_from_cfg(cfg).flip_index)
         self.k = cfg.DATASET.NUM_JOINTS
@@ -52,7 +55,7 @@ class PerfectModel(nn.Module):
                     return idx, s, True
         raise AssertionError("input is not a (flipped) resized sample image")
 
-    def _render(self, idx: int, s: float, h: int, w: int) -> list[torch.Tensor]:
+    def _render(self, idx: int, s: float, h: int, w: int, mirrored: bool = False) -> list[torch.Tensor]:
         image, anns = self.samples[idx]
         size, center, scale = get_multi_scale_size(image, self.cfg.DATASET.INPUT_SIZE, s, min(self.scales))
         trans = get_affine_transform(center, scale, 0, size)
@@ -61,7 +64,11 @@ class PerfectModel(nn.Module):
             kpts = np.asarray(ann["keypoints"], dtype=np.float64).reshape(-1, 3)
             if (kpts[:, 2] > 0).any():
                 xy = kpts[:, :2] @ trans[:, :2].T + trans[:, 2]
-                people.append((xy, kpts[:, 2] > 0))
+                vis = kpts[:, 2] > 0
+                if mirrored:
+                    xy, vis = xy[self.flip_index], vis[self.flip_index]
+                    xy[:, 0] = w - 1 - xy[:, 0]
+                people.append((xy, vis))
         outs = []
         for factor in (4, 2):
             rh, rw = h // factor, w // factor
@@ -72,8 +79,10 @@ class PerfectModel(nn.Module):
             r = int(4 * sigma) + 2  # render a local window: exp(-8) is negligible beyond 4 sigma
             for p, (xy, vis) in enumerate(people):
                 for j in np.nonzero(vis)[0]:
-                    # Pixel q covers [q, q+1) in HigherHRNet's decoding (+0.5), so centre at x/f - 0.5.
-                    u, v = xy[j, 0] / factor - 0.5, xy[j, 1] / factor - 0.5
+                    # Pixel q covers [q, q+1) in HigherHRNet's decoding (+0.5), so centre at x/f - 0.5;
+                    # UDP: pixel q is input pixel f·q.
+                    shift = 0.0 if self.udp else 0.5
+                    u, v = xy[j, 0] / factor - shift, xy[j, 1] / factor - shift
                     x0, x1 = max(0, int(u) - r), min(rw, int(u) + r + 1)
                     y0, y1 = max(0, int(v) - r), min(rh, int(v) + r + 1)
                     if x0 >= x1 or y0 >= y1:
@@ -94,6 +103,9 @@ class PerfectModel(nn.Module):
         per_image = []
         for b in range(x.shape[0]):
             idx, s, flipped = self._identify(x[b])
+            if self.udp:
+                per_image.append(self._render(idx, s, x.shape[2], x.shape[3], mirrored=flipped))
+                continue
             outs = self._render(idx, s, x.shape[2], x.shape[3])
             if flipped:
                 perm = self.flip_index + [self.k + i for i in self.flip_index]
@@ -132,7 +144,10 @@ def _tag_columns(cfg):
 
 
 def _coco_cfg(*opts):
-    return load_cfg(TINY_HRNET, *opts)  # input 256 (long side rounded up to 64), OUTPUT [64, 128]
+    # Input 256 (long side rounded up to 64), OUTPUT [64, 128]; HigherHRNet's test protocol and
+    # conventions unless opts say otherwise (the synthetic YAML's own test settings are tuned for it).
+    official = ("DATASET.USE_UDP", False, "TEST.SCALE_FACTOR", "[1]", "TEST.DETECTION_THRESHOLD", 0.1)
+    return load_cfg(TINY_HRNET, *official, *opts)
 
 
 @pytest.mark.parametrize(
@@ -156,6 +171,47 @@ def test_roundtrip_coco(coco_sample, flip, scales, adjust, refine, size):
     metrics, _ = _roundtrip(cfg, samples, ids, ann_file, "coco")
     assert metrics["AP"] >= 0.99, metrics
     assert metrics["AR"] >= 0.99, metrics
+
+
+def _joint_errors(samples, preds) -> np.ndarray:
+    """|predicted - GT| (image pixels) of every labelled joint, each GT person matched to the
+    prediction with the smallest mean distance."""
+    errors = []
+    for (_, anns), (poses, _) in zip(samples, preds):
+        for ann in anns:
+            kpts = np.asarray(ann["keypoints"], dtype=np.float64).reshape(-1, 3)
+            vis = kpts[:, 2] > 0
+            if not vis.any() or not poses:
+                continue
+            dists = [np.linalg.norm(p[vis, :2] - kpts[vis, :2], axis=1) for p in poses]
+            errors.append(min(dists, key=np.mean))
+    return np.concatenate(errors)
+
+
+@pytest.mark.parametrize("flip,scales,project", [(True, "[1]", True), (False, "[1]", False), (True, "[1, 0.5]", True)])
+def test_udp_roundtrip_is_unbiased(coco_sample, flip, scales, project):
+    """DATASET.USE_UDP: exact maps (the mirrored pass rendered from the mirrored joints) decode to the
+    joints within a small fraction of a network-input pixel; HigherHRNet's path on maps made for its own
+    conventions (peak + 0.5 +- 0.25) lands more than twice as far from them."""
+    ann_file = coco_sample / "annotations" / "person_keypoints_val2017.json"
+    samples, ids = _samples(coco_sample, ann_file, coco_sample / "images" / "val2017")
+    opts = ("TEST.FLIP_TEST", flip, "TEST.SCALE_FACTOR", scales, "TEST.PROJECT2IMAGE", project)
+    cfg = _coco_cfg("DATASET.USE_UDP", True, *opts)
+    metrics, preds = _roundtrip(cfg, samples, ids, ann_file, "coco")
+    assert metrics["AP"] >= 0.99, metrics
+    image_per_input = max(img.shape[0] for img, _ in samples) / 256  # image pixels per input pixel (about)
+    errors = _joint_errors(samples, preds) / image_per_input  # in network-input pixels
+    assert np.median(errors) < 0.1, np.median(errors)
+
+    _, preds_official = _roundtrip(_coco_cfg(*opts), samples, ids, ann_file, "coco")
+    official = np.median(_joint_errors(samples, preds_official) / image_per_input)
+    assert official > 2 * np.median(errors), (official, np.median(errors))  # quarter-pixel steps, offsets
+
+
+def test_scale_that_breaks_the_network_stride_is_named():
+    cfg = _coco_cfg("TEST.SCALE_FACTOR", "[1.75, 1]")
+    with pytest.raises(ValueError, match=r"TEST.SCALE_FACTOR 1.75: .* 560x448, not a multiple of 32"):
+        predict_images(cfg, nn.Linear(1, 1), [np.zeros((256, 300, 3), np.uint8)])
 
 
 def test_roundtrip_crowdpose(crowdpose_sample):

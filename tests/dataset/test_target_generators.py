@@ -49,6 +49,35 @@ def test_overlapping_people_take_the_max() -> None:
     assert np.all(hm >= single) and hm[0, 10, 11] == single[0, 10, 11]
 
 
+def test_udp_gaussians_sit_at_the_exact_joint() -> None:
+    """DATASET.USE_UDP: each map is a Gaussian around the float position (its log is an exact quadratic,
+    so the Taylor decoding recovers the position), on the nearest pixel; rows and columns beyond the map
+    are cut, joints whose nearest pixel is outside are skipped; tags point at the nearest pixel."""
+    import torch
+
+    from higherpose.core.udp import taylor_offsets
+
+    joints = np.array([[[10.3, 20.7, 2.0], [5.5, 5.49, 1.0], [-0.6, 3.0, 2.0], [31.4, 0.2, 2.0]]])
+    gen = HeatmapGenerator(32, 4, 2.0, udp=True)
+    hm = gen(joints)
+    ys, xs = np.mgrid[0:32, 0:32]
+    want = np.exp(-((xs - 10.3) ** 2 + (ys - 20.7) ** 2) / 8.0)
+    window = (np.abs(xs - 10) <= 7) & (np.abs(ys - 21) <= 7)  # ceil(3 sigma) + 1 around the nearest pixel
+    np.testing.assert_allclose(hm[0], np.where(window, want, 0), rtol=1e-6, atol=1e-7)
+    assert np.unravel_index(hm[0].argmax(), hm[0].shape) == (21, 10)
+    assert hm[2].max() == 0  # nearest pixel -1: outside (HigherHRNet's truncation would keep it)
+    assert hm[3].max() > 0.9 and hm[3][0].argmax() == 31
+    peaks = [np.unravel_index(hm[j].argmax(), hm[j].shape) for j in (0, 1, 3)]
+    rows, cols = np.array([p[0] for p in peaks]), np.array([p[1] for p in peaks])
+    ox, oy = taylor_offsets(torch.from_numpy(hm), np.array([0, 1, 3]), rows, cols)
+    np.testing.assert_allclose(cols + ox, [10.3, 5.5, 31.0], atol=1e-4)  # no offset on the border column
+    np.testing.assert_allclose(rows + oy, [20.7, 5.49, 0.0], atol=1e-4)  # ... nor on the border row
+
+    tags = JointsGenerator(30, 4, 32, True, udp=True)(joints)
+    assert tags[0, 0, 0] == 0 * 32 * 32 + 21 * 32 + 10 and tags[0, 1, 0] == 1 * 32 * 32 + 5 * 32 + 6
+    assert tags[0, 2, 0] == 3 * 32 * 32 + 0 * 32 + 31 and tags[0, 3, 1] == 0  # the outside joint has no slot
+
+
 def test_joints_rows_match_official_when_persons_fit() -> None:
     """Compaction only moves rows of persons without joints (the AE loss skips empty rows)."""
     rng = np.random.default_rng(3)

@@ -95,6 +95,21 @@ def test_flip_swaps_left_right_with_official_offsets() -> None:
     assert same[0] is image
 
 
+def test_udp_flip_is_the_exact_mirror() -> None:
+    """DATASET.USE_UDP: output x = input x * R/S, and the image's mirror S-1-x gives R - R/S - x."""
+    image = np.zeros((256, 256, 3), np.uint8)
+    joints = np.zeros((1, 17, 3))
+    joints[0, :, 2] = 2
+    joints[0, :, 0] = np.arange(17) * 3.0 + 0.25  # input x of joint j: (3j + 0.25) * S / R
+    masks = [np.ones((r, r), np.float32) for r in OUTPUTS]
+    flip = RandomHorizontalFlip(COCO.flip_index, OUTPUTS, prob=1.0, input_size=256)
+    _, _, out = flip(image, masks, [joints.copy(), joints.copy()], np.random.default_rng(0))
+    for s, res in enumerate(OUTPUTS):
+        for j, src in enumerate(COCO.flip_index):
+            x_in = joints[0, src, 0] * 256 / res
+            assert out[s][0, j, 0] == pytest.approx((256 - 1 - x_in) * res / 256)
+
+
 def test_affine_matrix_maps_crop_and_pads_with_masked_border() -> None:
     center, scale = np.array([320.0, 212.5]), 425 / 200 * 1.4
     mat = get_affine_matrix(center, scale, (64, 64), 0)[:2]

@@ -1,0 +1,137 @@
+"""Unbiased test-time processing (``DATASET.USE_UDP``, NEW): exact map alignment and sub-pixel decoding.
+
+HigherHRNet aligns its maps with ``align_corners=False`` resizes and ``torch.flip`` and decodes a peak
+at pixel ``m`` as ``m + 0.5 ± 0.25``. Together with its truncated training targets these conventions
+disagree by fractions of a pixel from stage to stage and between the plain and the flipped pass, so
+the averaged maps are blurred and the decoded joints biased (Huang et al., "The Devil is in the
+Details", CVPR 2020). Here every map is resampled once, exactly, onto the destination grid:
+
+* output pixel ``q`` of a stage with stride ``s`` sees input pixel ``s·q`` (the training targets of
+  :class:`~higherpose.dataset.target_generators.HeatmapGenerator` with ``udp=True`` put a joint at
+  input ``x`` on output ``x/s``); on the mirrored input, flipped back, it sees ``s·q + s - 1``;
+* destination pixel ``m`` is base-input pixel ``d·m`` (``d = 1`` with ``TEST.PROJECT2IMAGE``, else the
+  last stage's stride), which at another test scale is input pixel ``r·(d·m - W_b/2) + W_i/2``;
+* a peak is decoded with the second-order Taylor expansion of the log heatmap (Zhang et al., DARK,
+  CVPR 2020), exact for a Gaussian, without HigherHRNet's offsets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def sample_grid(maps: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples of maps (B, C, h, w) at source pixel coordinates ``xs`` (W',) x ``ys`` (H',)
+    (pixel centres at integers, edge values beyond the border) -> (B, C, H', W')."""
+    h, w = maps.shape[2:]
+    gx = xs * (2.0 / max(w - 1, 1)) - 1.0
+    gy = ys * (2.0 / max(h - 1, 1)) - 1.0
+    grid_y, grid_x = torch.meshgrid(gy, gx, indexing="ij")
+    grid = torch.stack((grid_x, grid_y), dim=2).to(maps.dtype)[None].expand(maps.size(0), -1, -1, -1)
+    return F.grid_sample(maps, grid, mode="bicubic", padding_mode="border", align_corners=True)
+
+
+def udp_multi_stage_outputs(
+    cfg: Any,
+    model: nn.Module,
+    image: torch.Tensor,
+    flip_index: Sequence[int],
+    with_flip: bool,
+    dst_size: Sequence[int],
+    dst_stride: float,
+    base_size: Sequence[int],
+    ratio: float,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Run the model on image (B, 3, H_i, W_i) (and its mirror) and resample every stage onto the
+    destination grid ``dst_size = (W', H')`` whose pixel ``m`` is base-input pixel ``dst_stride·m``.
+
+    ``base_size = (W_b, H_b)`` is the scale-1 input size and ``ratio`` this input's size over it (the
+    two affine factors' ratio). Returns ``(heatmaps, tags)`` as
+    :func:`~higherpose.core.inference.get_multi_stage_outputs`: the stage-averaged heatmaps (B, K, H', W')
+    (and the flipped pass's), and the tag maps of the AE stages (and the flipped ones).
+    """
+    num_joints = cfg.DATASET.NUM_JOINTS
+    in_h, in_w = image.shape[2:]
+    device = image.device
+    xb = torch.arange(dst_size[0], device=device, dtype=torch.float64) * dst_stride
+    yb = torch.arange(dst_size[1], device=device, dtype=torch.float64) * dst_stride
+    xi = (xb - base_size[0] / 2.0) * ratio + in_w / 2.0  # this scale's input pixels
+    yi = (yb - base_size[1] / 2.0) * ratio + in_h / 2.0
+
+    heatmaps: list[torch.Tensor] = []
+    tags: list[torch.Tensor] = []
+    for flipped in (False, True) if with_flip else (False,):
+        outputs = model(torch.flip(image, [3]) if flipped else image)
+        heat_sum, num_heat = None, 0
+        for i, output in enumerate(outputs):
+            stride_x, stride_y = in_w / output.size(3), in_h / output.size(2)
+            if flipped:
+                output = torch.flip(output, [3])
+            offset = stride_x - 1 if flipped else 0.0
+            sampled = sample_grid(output, (xi - offset) / stride_x, yi / stride_y)
+            tag_start = num_joints if cfg.LOSS.WITH_HEATMAPS_LOSS[i] else 0
+            if cfg.LOSS.WITH_HEATMAPS_LOSS[i] and cfg.TEST.WITH_HEATMAPS[i]:
+                hm = sampled[:, :num_joints]
+                if flipped:
+                    hm = hm[:, list(flip_index)]
+                heat_sum = hm if heat_sum is None else heat_sum + hm
+                num_heat += 1
+            if cfg.LOSS.WITH_AE_LOSS[i] and cfg.TEST.WITH_AE[i]:
+                tag = sampled[:, tag_start:]
+                if flipped and cfg.MODEL.TAG_PER_JOINT:
+                    tag = tag[:, list(flip_index)]
+                tags.append(tag)
+        if heat_sum is not None:
+            heatmaps.append(heat_sum / num_heat)
+    if cfg.DATASET.WITH_CENTER and cfg.TEST.IGNORE_CENTER:
+        heatmaps = [h[:, :-1] for h in heatmaps]
+        tags = [t[:, :-1] for t in tags]
+    return heatmaps, tags
+
+
+def taylor_offsets(
+    det: torch.Tensor, joint: np.ndarray, row: np.ndarray, col: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sub-pixel offsets of the peaks ``det[joint, row, col]`` from the second-order Taylor expansion of
+    ``log det`` (DARK): ``-H^-1 g`` with central differences, clipped to half a pixel; 0 where the
+    Hessian is not negative definite (flat or saddle) and along an axis whose neighbour is off the map.
+    det: (K, H, W); indices (n,) -> two (n,) arrays.
+    """
+    _, h, w = det.shape
+    if len(joint) == 0:
+        return np.zeros(0), np.zeros(0)
+    dev = det.device
+    j = torch.as_tensor(joint, dtype=torch.long, device=dev)
+    r = torch.as_tensor(row, dtype=torch.long, device=dev)
+    c = torch.as_tensor(col, dtype=torch.long, device=dev)
+    r0, r1 = (r - 1).clamp(min=0), (r + 1).clamp(max=h - 1)
+    c0, c1 = (c - 1).clamp(min=0), (c + 1).clamp(max=w - 1)
+    log = torch.log(det.double().clamp(min=1e-10))
+
+    def at(rr: torch.Tensor, cc: torch.Tensor) -> np.ndarray:
+        return log[j, rr, cc].cpu().numpy()
+
+    center = at(r, c)
+    left, right, up, down = at(r, c0), at(r, c1), at(r0, c), at(r1, c)
+    dx, dy = 0.5 * (right - left), 0.5 * (down - up)
+    dxx, dyy = right - 2 * center + left, down - 2 * center + up
+    dxy = 0.25 * (at(r1, c1) - at(r1, c0) - at(r0, c1) + at(r0, c0))
+    # On the map's border a neighbour is missing: no offset along that axis (1-D Newton along the other).
+    in_x = ((c > 0) & (c < w - 1)).cpu().numpy()
+    in_y = ((r > 0) & (r < h - 1)).cpu().numpy()
+    det_h = dxx * dyy - dxy**2
+    both = in_x & in_y & (dxx < 0) & (det_h > 1e-12)
+    safe = np.where(both, det_h, 1.0)
+    ox = np.where(both, -(dyy * dx - dxy * dy) / safe, 0.0)
+    oy = np.where(both, -(dxx * dy - dxy * dx) / safe, 0.0)
+    only_x = in_x & ~in_y & (dxx < 0)
+    only_y = in_y & ~in_x & (dyy < 0)
+    ox = np.where(only_x, -dx / np.where(only_x, dxx, 1.0), ox)
+    oy = np.where(only_y, -dy / np.where(only_y, dyy, 1.0), oy)
+    return np.clip(ox, -0.5, 0.5), np.clip(oy, -0.5, 0.5)

@@ -1,0 +1,29 @@
+"""DATASET.USE_UDP's exact resampling and Taylor decoding (the end-to-end round trip is in test_inference)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from higherpose.core.udp import sample_grid, taylor_offsets
+
+
+def test_sample_grid_at_pixel_centres_is_exact_and_shifts_with_border_values() -> None:
+    maps = torch.rand(2, 3, 5, 7, dtype=torch.float64)
+    xs, ys = torch.arange(7, dtype=torch.float64), torch.arange(5, dtype=torch.float64)
+    torch.testing.assert_close(sample_grid(maps, xs, ys), maps)
+    shifted = sample_grid(maps, xs - 1, ys[:3] + 2)  # output pixel (y, x) = input (y + 2, x - 1)
+    want = torch.cat((maps[:, :, 2:5, :1], maps[:, :, 2:5, :-1]), dim=3)  # column -1 -> border column 0
+    torch.testing.assert_close(shifted, want)
+
+
+def test_taylor_offsets_recover_an_anisotropic_gaussian_and_fall_back_on_flat_maps() -> None:
+    ys, xs = np.mgrid[0:16, 0:16].astype(np.float64)
+    cx, cy = 7.3, 8.6
+    dx, dy = xs - cx, ys - cy
+    g = np.exp(-(dx**2 / 6.0 + dx * dy / 8.0 + dy**2 / 3.0))  # correlated x/y: the Hessian's cross term
+    det = torch.from_numpy(np.stack([g, np.ones_like(g)]))
+    row, col = np.unravel_index(g.argmax(), g.shape)
+    ox, oy = taylor_offsets(det, np.array([0, 1]), np.array([row, 5]), np.array([col, 5]))
+    np.testing.assert_allclose([col + ox[0], row + oy[0]], [cx, cy], atol=1e-9)
+    assert ox[1] == 0 and oy[1] == 0  # flat map: no curvature, no offset
