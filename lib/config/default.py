@@ -335,6 +335,8 @@ def check_config(cfg: CN, source: str = "config") -> None:
         _fail(source, "FP16.DTYPE", cfg.FP16.DTYPE, "choose 'float16' or 'bfloat16'")
     if cfg.LOSS.AE_LOSS_TYPE not in ("exp", "max"):
         _fail(source, "LOSS.AE_LOSS_TYPE", cfg.LOSS.AE_LOSS_TYPE, "choose 'exp' or 'max'")
+    if cfg.DATASET.USE_UDP and cfg.DATASET.SCALE_AWARE_SIGMA:
+        _fail(source, "DATASET.USE_UDP", True, "is not implemented with DATASET.SCALE_AWARE_SIGMA True")
     if cfg.LOSS.HEATMAPS_LOSS_TYPE not in ("mse", "wahr"):
         _fail(source, "LOSS.HEATMAPS_LOSS_TYPE", cfg.LOSS.HEATMAPS_LOSS_TYPE, "choose 'mse' or 'wahr'")
     if 1 not in [float(s) for s in cfg.TEST.SCALE_FACTOR]:

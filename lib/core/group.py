@@ -319,8 +319,9 @@ def _refine_people(
         return
 
     # Mean tag of each person's detected joints, sampled at the truncated positions (float32 numpy,
-    # exactly as the official np.mean over the list of sampled tags).
-    xy = people[:, :, :2].astype(np.int32)
+    # exactly as the official np.mean over the list of sampled tags). Truncating peak + 0.5 +- 0.25
+    # gives the peak pixel back; a UDP position (peak + Taylor offset in (-0.5, 0.5)) needs rounding.
+    xy = np.floor(people[:, :, :2] + 0.5).astype(np.int32) if udp else people[:, :, :2].astype(np.int32)
     p_det, j_det = np.nonzero(detected)
     sampled = tag[
         torch.as_tensor(j_det, device=tag.device),

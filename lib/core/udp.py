@@ -27,14 +27,21 @@ from torch import nn
 
 
 def sample_grid(maps: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
-    """Bilinear samples of maps (B, C, h, w) at source pixel coordinates ``xs`` (W',) x ``ys`` (H',)
-    (pixel centres at integers, edge values beyond the border) -> (B, C, H', W')."""
+    """Bicubic samples of maps (B, C, h, w) at source pixel coordinates ``xs`` (W',) x ``ys`` (H',)
+    (pixel centres at integers, edge values beyond the border) -> float32 (B, C, H', W').
+
+    Bicubic, because the Taylor decoding fits a quadratic to the log of the result: on bilinear
+    upsampling (piecewise linear) it is pulled toward pixel centres. Its small undershoot below 0
+    next to a peak is clamped away by the log. Runs in float32 whatever the autocast state: grid
+    coordinates in half precision would step by up to a pixel on a few-hundred-pixel map.
+    """
     h, w = maps.shape[2:]
     gx = xs * (2.0 / max(w - 1, 1)) - 1.0
     gy = ys * (2.0 / max(h - 1, 1)) - 1.0
     grid_y, grid_x = torch.meshgrid(gy, gx, indexing="ij")
-    grid = torch.stack((grid_x, grid_y), dim=2).to(maps.dtype)[None].expand(maps.size(0), -1, -1, -1)
-    return F.grid_sample(maps, grid, mode="bicubic", padding_mode="border", align_corners=True)
+    grid = torch.stack((grid_x, grid_y), dim=2).float()[None].expand(maps.size(0), -1, -1, -1)
+    with torch.autocast(maps.device.type, enabled=False):
+        return F.grid_sample(maps.float(), grid, mode="bicubic", padding_mode="border", align_corners=True)
 
 
 def udp_multi_stage_outputs(
@@ -95,11 +102,14 @@ def udp_multi_stage_outputs(
     return heatmaps, tags
 
 
+HALF = 0.499  # largest |offset| from the peak pixel (see taylor_offsets)
+
+
 def taylor_offsets(
     det: torch.Tensor, joint: np.ndarray, row: np.ndarray, col: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Sub-pixel offsets of the peaks ``det[joint, row, col]`` from the second-order Taylor expansion of
-    ``log det`` (DARK): ``-H^-1 g`` with central differences, clipped to half a pixel; 0 where the
+    ``log det`` (DARK): ``-H^-1 g`` with central differences, clipped to just under half a pixel; 0 where the
     Hessian is not negative definite (flat or saddle) and along an axis whose neighbour is off the map.
     det: (K, H, W); indices (n,) -> two (n,) arrays.
     """
@@ -112,10 +122,9 @@ def taylor_offsets(
     c = torch.as_tensor(col, dtype=torch.long, device=dev)
     r0, r1 = (r - 1).clamp(min=0), (r + 1).clamp(max=h - 1)
     c0, c1 = (c - 1).clamp(min=0), (c + 1).clamp(max=w - 1)
-    log = torch.log(det.double().clamp(min=1e-10))
 
-    def at(rr: torch.Tensor, cc: torch.Tensor) -> np.ndarray:
-        return log[j, rr, cc].cpu().numpy()
+    def at(rr: torch.Tensor, cc: torch.Tensor) -> np.ndarray:  # log det at the n points (float64)
+        return np.log(np.maximum(det[j, rr, cc].double().cpu().numpy(), 1e-10))
 
     center = at(r, c)
     left, right, up, down = at(r, c0), at(r, c1), at(r0, c), at(r1, c)
@@ -134,4 +143,5 @@ def taylor_offsets(
     only_y = in_y & ~in_x & (dyy < 0)
     ox = np.where(only_x, -dx / np.where(only_x, dxx, 1.0), ox)
     oy = np.where(only_y, -dy / np.where(only_y, dyy, 1.0), oy)
-    return np.clip(ox, -0.5, 0.5), np.clip(oy, -0.5, 0.5)
+    # Strictly inside half a pixel, so rounding a decoded position gives back its peak pixel.
+    return np.clip(ox, -HALF, HALF), np.clip(oy, -HALF, HALF)

@@ -140,7 +140,8 @@ class RandomHorizontalFlip:
     ``1 - R/S`` output pixels left of the exact mirror; kept for numerical fidelity).
 
     With ``input_size`` S given (``DATASET.USE_UDP``), joints go to the exact mirror ``x → R - R/S - x``
-    (output x = input x · R/S, and the image's mirror is ``S-1-x``).
+    (output x = input x · R/S, and the image's mirror is ``S-1-x``). Masks are mirrored pixel for
+    pixel in both cases (half an output pixel from the exact mirror at stride 2; they are coarse).
     """
 
     def __init__(

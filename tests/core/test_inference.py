@@ -188,7 +188,10 @@ def _joint_errors(samples, preds) -> np.ndarray:
     return np.concatenate(errors)
 
 
-@pytest.mark.parametrize("flip,scales,project", [(True, "[1]", True), (False, "[1]", False), (True, "[1, 0.5]", True)])
+@pytest.mark.parametrize(
+    "flip,scales,project",
+    [(True, "[1]", True), (False, "[1]", False), (True, "[1, 0.5]", True), (True, "[1, 0.5]", False)],
+)
 def test_udp_roundtrip_is_unbiased(coco_sample, flip, scales, project):
     """DATASET.USE_UDP: exact maps (the mirrored pass rendered from the mirrored joints) decode to the
     joints within a small fraction of a network-input pixel; HigherHRNet's path on maps made for its own
