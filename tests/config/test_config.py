@@ -86,6 +86,8 @@ def test_odd_override_list_fails() -> None:
         (("MODEL.SAT.HEADS", "3"), ("MODEL.SAT.D_MODEL", "HEADS")),
         (("MODEL.SAT.TOKEN_STRIDE", "4"), ("MODEL.SAT.TOKEN_STRIDE", "4")),
         (("FP16.DTYPE", "float8"), ("FP16.DTYPE", "float8")),
+        (("LOSS.HEATMAPS_LOSS_TYPE", "l1"), ("LOSS.HEATMAPS_LOSS_TYPE", "l1")),
+        (("DATASET.SCALE_AWARE_SIGMA", "True"), ("DATASET.USE_UDP", "SCALE_AWARE_SIGMA")),
     ],
 )
 def test_inconsistent_values_fail_by_name(opts: tuple[str, str], names: tuple[str, str]) -> None:
