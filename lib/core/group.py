@@ -164,31 +164,13 @@ class HeatmapParser:
     def adjust(ans: list[np.ndarray], det: torch.Tensor) -> list[np.ndarray]:
         """Shift every detected joint by +-0.25 toward its larger horizontal / vertical neighbour in the
         un-suppressed det (B, K, H, W) (ties -> -0.25), then +0.5. ans: per image (P, K, 3+L), in place."""
-        for b, people in enumerate(ans):
-            p_idx, j_idx = np.nonzero(people[:, :, 2] > 0)
-            if p_idx.size == 0:
-                continue
-            col = people[p_idx, j_idx, 0].astype(np.int64)
-            row = people[p_idx, j_idx, 1].astype(np.int64)
-            sx, sy = _quarter_shifts(det[b], j_idx, row, col)
-            people[p_idx, j_idx, 0] = col + 0.5 + sx
-            people[p_idx, j_idx, 1] = row + 0.5 + sy
-        return ans
+        return _adjust(ans, det, udp=False)
 
     @staticmethod
     def adjust_udp(ans: list[np.ndarray], det: torch.Tensor) -> list[np.ndarray]:
         """``DATASET.USE_UDP``'s adjust: every detected joint moves by the Taylor offset of its peak in
         det (B, K, H, W) (:func:`~higherpose.core.udp.taylor_offsets`), no +0.5. ans: in place."""
-        for b, people in enumerate(ans):
-            p_idx, j_idx = np.nonzero(people[:, :, 2] > 0)
-            if p_idx.size == 0:
-                continue
-            col = people[p_idx, j_idx, 0].astype(np.int64)
-            row = people[p_idx, j_idx, 1].astype(np.int64)
-            ox, oy = taylor_offsets(det[b], j_idx, row, col)
-            people[p_idx, j_idx, 0] = col + ox
-            people[p_idx, j_idx, 1] = row + oy
-        return ans
+        return _adjust(ans, det, udp=True)
 
     def refine(self, det: torch.Tensor, tag: torch.Tensor, keypoints: np.ndarray) -> np.ndarray:
         """Fill the missing joints of each person. det: (K, H, W); tag: (K or 1, H, W, L) (or (K, H, W));
@@ -257,6 +239,32 @@ def _quarter_shifts(
     signs = torch.stack((right > left, down > up)).cpu().numpy()
     sx, sy = np.where(signs, 0.25, -0.25)
     return sx, sy
+
+
+def _subpixel(
+    det: torch.Tensor, joint: np.ndarray, row: np.ndarray, col: np.ndarray, udp: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Decoded ``(x, y)`` of the peaks ``det[joint, row, col]`` (det (K, H, W)): HigherHRNet's
+    ``peak + 0.5 ± 0.25``, or with ``udp`` the peak plus its Taylor offset."""
+    if udp:
+        ox, oy = taylor_offsets(det, joint, row, col)
+    else:
+        ox, oy = _quarter_shifts(det, joint, row, col)
+        ox, oy = ox + 0.5, oy + 0.5
+    return col + ox, row + oy
+
+
+def _adjust(ans: list[np.ndarray], det: torch.Tensor, udp: bool) -> list[np.ndarray]:
+    """Move every detected joint of ``ans`` (per image (P, K, 3+L), in place) from its peak pixel to
+    its decoded position in det (B, K, H, W)."""
+    for b, people in enumerate(ans):
+        p_idx, j_idx = np.nonzero(people[:, :, 2] > 0)
+        if p_idx.size == 0:
+            continue
+        col = people[p_idx, j_idx, 0].astype(np.int64)
+        row = people[p_idx, j_idx, 1].astype(np.int64)
+        people[p_idx, j_idx, 0], people[p_idx, j_idx, 1] = _subpixel(det[b], j_idx, row, col, udp)
+    return ans
 
 
 # Upper bound on elements of one batched distance map (missing joints x H x W) in refine.
@@ -363,12 +371,8 @@ def _refine_people(
         torch.as_tensor(cols, device=det.device),
     ]
     val = val.float().cpu().numpy()
-    if udp:
-        sx, sy = taylor_offsets(det_f, j_mis, rows, cols)
-    else:
-        sx, sy = _quarter_shifts(det_f, j_mis, rows, cols)
-        sx, sy = sx + 0.5, sy + 0.5
+    x, y = _subpixel(det_f, j_mis, rows, cols, udp)
     fill = val > 0
-    people[p_mis[fill], j_mis[fill], 0] = (cols + sx)[fill]
-    people[p_mis[fill], j_mis[fill], 1] = (rows + sy)[fill]
+    people[p_mis[fill], j_mis[fill], 0] = x[fill]
+    people[p_mis[fill], j_mis[fill], 1] = y[fill]
     people[p_mis[fill], j_mis[fill], 2] = val[fill]
