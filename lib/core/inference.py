@@ -15,6 +15,7 @@ from torch import nn
 
 from higherpose.core.group import HeatmapParser
 from higherpose.core.udp import udp_multi_stage_outputs
+from higherpose.dataset.build import output_sizes
 from higherpose.dataset.specs import spec_from_cfg
 from higherpose.utils.transforms import get_multi_scale_size, resize_align_multi_scale, transform_preds
 
@@ -145,17 +146,12 @@ def _udp_outputs(
     if cfg.TEST.PROJECT2IMAGE:
         stride, dst_size = 1.0, tuple(base_size)
     else:
-        stride = float(cfg.DATASET.INPUT_SIZE) / _output_sizes(cfg)[-1]
+        stride = float(cfg.DATASET.INPUT_SIZE) / output_sizes(cfg)[-1]
         dst_size = (int(round(base_size[0] / stride)), int(round(base_size[1] / stride)))
     # Input pixels per image pixel at this scale over those at scale 1 (get_affine_transform's factor).
     ratio = (x.shape[3] / float(scale[0])) / (base_size[0] / float(base_scale[0]))
     flip_index = list(spec_from_cfg(cfg).flip_index)
     return udp_multi_stage_outputs(cfg, model, x, flip_index, cfg.TEST.FLIP_TEST, dst_size, stride, base_size, ratio)
-
-
-def _output_sizes(cfg: Any) -> list[int]:
-    out = cfg.DATASET.OUTPUT_SIZE
-    return [int(s) for s in out] if isinstance(out, (list, tuple)) else [int(out)]
 
 
 def _predict_same_size(

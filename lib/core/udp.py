@@ -123,14 +123,15 @@ def taylor_offsets(
     r0, r1 = (r - 1).clamp(min=0), (r + 1).clamp(max=h - 1)
     c0, c1 = (c - 1).clamp(min=0), (c + 1).clamp(max=w - 1)
 
-    def at(rr: torch.Tensor, cc: torch.Tensor) -> np.ndarray:  # log det at the n points (float64)
-        return np.log(np.maximum(det[j, rr, cc].double().cpu().numpy(), 1e-10))
-
-    center = at(r, c)
-    left, right, up, down = at(r, c0), at(r, c1), at(r0, c), at(r1, c)
+    # The 3x3 neighbourhood of every peak in one gather (one device sync): centre, left, right, up,
+    # down, then the four diagonals.
+    rows = torch.stack((r, r, r, r0, r1, r1, r1, r0, r0))
+    cols = torch.stack((c, c0, c1, c, c, c1, c0, c1, c0))
+    vals = det[j.expand_as(rows), rows, cols].double().cpu().numpy()
+    center, left, right, up, down, dr, dl, ur, ul = np.log(np.maximum(vals, 1e-10))
     dx, dy = 0.5 * (right - left), 0.5 * (down - up)
     dxx, dyy = right - 2 * center + left, down - 2 * center + up
-    dxy = 0.25 * (at(r1, c1) - at(r1, c0) - at(r0, c1) + at(r0, c0))
+    dxy = 0.25 * (dr - dl - ur + ul)
     # On the map's border a neighbour is missing: no offset along that axis (1-D Newton along the other).
     in_x = ((c > 0) & (c < w - 1)).cpu().numpy()
     in_y = ((r > 0) & (r < h - 1)).cpu().numpy()

@@ -42,7 +42,8 @@ def _ensure_data(cfg) -> None:
         ensure_synthetic(cfg.DATASET.ROOT)
 
 
-def _output_sizes(cfg) -> list[int]:
+def output_sizes(cfg) -> list[int]:
+    """``DATASET.OUTPUT_SIZE`` as a list of ints (a single size is allowed in the YAML)."""
     out = cfg.DATASET.OUTPUT_SIZE
     return [int(s) for s in out] if isinstance(out, (list, tuple)) else [int(out)]
 
@@ -56,11 +57,10 @@ def build_dataset(cfg, is_train: bool):
     if ds.DATASET not in _TRAIN_CLASSES:
         raise ValueError(f"DATASET.DATASET = {ds.DATASET!r}: choose one of {sorted(_TRAIN_CLASSES)}")
     spec = spec_from_cfg(cfg)
-    sizes = _output_sizes(cfg)
+    sizes = output_sizes(cfg)
     transforms = build_transforms(cfg, spec.flip_index) if is_train else None
-    heatmap_cls = ScaleAwareHeatmapGenerator if ds.SCALE_AWARE_SIGMA else HeatmapGenerator
     if ds.SCALE_AWARE_SIGMA:
-        heatmap_generators = [heatmap_cls(r, ds.NUM_JOINTS, ds.SIGMA) for r in sizes]
+        heatmap_generators = [ScaleAwareHeatmapGenerator(r, ds.NUM_JOINTS, ds.SIGMA) for r in sizes]
     else:
         heatmap_generators = [HeatmapGenerator(r, ds.NUM_JOINTS, ds.SIGMA, udp=ds.USE_UDP) for r in sizes]
     joints_generators = [

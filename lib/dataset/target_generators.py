@@ -81,11 +81,27 @@ def _paste_max(
     py = ul_y.astype(itype)[:, None] + off
     bad_x = (px < 0) | (px >= res) | (px >= br_x[:, None]) | (off >= g.shape[1])
     bad_y = (py < 0) | (py >= res) | (py >= br_y[:, None]) | (off >= g.shape[0])
-    rows = (joint.astype(itype)[:, None] * res + py) * res
+    _scatter_max(buf, res, joint.astype(itype), px, py, bad_x, bad_y, np.broadcast_to(patch, (len(xs), span, span)))
+
+
+def _scatter_max(
+    buf: np.ndarray,
+    res: int,
+    joint: np.ndarray,
+    px: np.ndarray,
+    py: np.ndarray,
+    bad_x: np.ndarray,
+    bad_y: np.ndarray,
+    patches: np.ndarray,
+) -> None:
+    """Max-merge ``patches (N, S, S)`` into the flat maps ``buf`` at map ``joint (N,)``, columns ``px``
+    and rows ``py`` (each (N, S)); columns / rows flagged in ``bad_x`` / ``bad_y`` go to the spare element."""
+    spare = len(buf) - 1
+    rows = (joint[:, None] * res + py) * res
     rows[bad_y] = spare  # any sum with an out-of-window row or column is >= spare
-    px[bad_x] = spare
+    px = np.where(bad_x, spare, px)
     flat = np.minimum(rows[:, :, None] + px[:, None, :], spare).reshape(-1)  # (N·S·S,)
-    np.maximum.at(buf, flat, np.broadcast_to(patch, (len(xs), span, span)).reshape(-1))
+    np.maximum.at(buf, flat, patches.reshape(-1))
 
 
 def _paste_max_exact(buf: np.ndarray, res: int, joint: np.ndarray, x: np.ndarray, y: np.ndarray, sigma: float) -> None:
@@ -103,12 +119,7 @@ def _paste_max_exact(buf: np.ndarray, res: int, joint: np.ndarray, x: np.ndarray
     gx = np.exp(-((px - x[:, None]) ** 2) / (2 * sigma**2))
     gy = np.exp(-((py - y[:, None]) ** 2) / (2 * sigma**2))
     patches = (gy[:, :, None] * gx[:, None, :]).astype(np.float32)  # (N, S, S)
-    spare = len(buf) - 1
-    rows = (joint[:, None] * res + py) * res
-    rows[(py < 0) | (py >= res)] = spare
-    px[(px < 0) | (px >= res)] = spare
-    flat = np.minimum(rows[:, :, None] + px[:, None, :], spare).reshape(-1)
-    np.maximum.at(buf, flat, patches.reshape(-1))
+    _scatter_max(buf, res, joint, px, py, (px < 0) | (px >= res), (py < 0) | (py >= res), patches)
 
 
 class HeatmapGenerator:
