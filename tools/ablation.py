@@ -1,12 +1,14 @@
 """Ablation on the embedded synthetic set: tiny HigherHRNet vs tiny higher_pose, same budget.
 
-    python tools/ablation.py                       # both tiny configs at input 256 (~2 x 15 min on 2 cores)
-    python tools/ablation.py --sizes 256 128       # also the low-resolution case (input 128)
+    python tools/ablation.py                       # both tiny configs as they are (~2 x 15 min on 2 cores)
+    python tools/ablation.py --sizes 256 128       # tested at 256 and in the low-resolution case (128)
     python tools/ablation.py --smoke               # a smoke run of the same steps (tests)
 
 Both models train with the same seed, data, schedule and number of steps (the YAMLs in
 experiments/synthetic/ differ only in MODEL.NAME and the SAT head), are validated with the same test
-protocol, and their AP tables are printed side by side (and written to OUTPUT/ablation.md).
+protocol, and their AP tables are printed side by side (and written to OUTPUT/ablation.md). A size
+is the test input (short side); the training input scales with it as in the config (the tiny configs
+train on 192 crops of what they test at 256, so ``--sizes 128`` trains on 96 crops).
 """
 
 from __future__ import annotations
@@ -25,6 +27,24 @@ CONFIGS = {
 }
 
 
+def size_opts(cfg_file: str, size: int) -> list[str]:
+    """Overrides that test ``cfg_file`` at short side ``size`` and train it at the config's own
+    training/test input ratio."""
+    from higherpose.config import cfg as default_cfg
+    from higherpose.config import update_config
+
+    cfg = default_cfg.clone()
+    update_config(cfg, argparse.Namespace(cfg=str(REPO / cfg_file), opts=[]))
+    test = cfg.TEST.INPUT_SIZE or cfg.DATASET.INPUT_SIZE
+    train, rest = divmod(size * cfg.DATASET.INPUT_SIZE, test)
+    if rest or train % 32:
+        sys.exit(f"ablation: --sizes {size}: {cfg_file} would train at {size * cfg.DATASET.INPUT_SIZE / test:g}, not a multiple of 32")
+    return [
+        *("DATASET.INPUT_SIZE", str(train), "DATASET.OUTPUT_SIZE", f"[{train // 4}, {train // 2}]"),
+        *("TEST.INPUT_SIZE", str(size)),
+    ]
+
+
 def side_by_side(rows: dict[str, dict[str, float]]) -> str:
     """Markdown table: one row per (model, input size), one column per metric."""
     names = list(next(iter(rows.values())).keys()) if rows else []
@@ -36,7 +56,7 @@ def side_by_side(rows: dict[str, dict[str, float]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", nargs="+", type=int, default=[256], help="input sizes (multiples of 64)")
+    parser.add_argument("--sizes", nargs="+", type=int, default=[256], help="test input sizes (multiples of 32)")
     parser.add_argument("--output", default="output/ablation")
     parser.add_argument("--smoke", action="store_true", help="a few steps on a few images (tests, CI)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for both models")
@@ -50,11 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     rows: dict[str, dict[str, float]] = {}
     seconds: dict[str, int] = {}
     for size in args.sizes:
-        size_opts = ["DATASET.INPUT_SIZE", str(size), "DATASET.OUTPUT_SIZE", f"[{size // 4}, {size // 2}]"]
         for name, cfg in CONFIGS.items():
             label = f"{name} @{size}"
             out = output / f"{Path(cfg).stem}_{size}"
-            opts = [*size_opts, *args.opts]
+            opts = [*size_opts(cfg, size), *args.opts]
             summary = pipeline(cfg, out, data_root, [*train, *opts], [*valid, *opts], demo_images=0)
             rows[label] = summary["metrics"]
             seconds[label] = summary["train_seconds"]

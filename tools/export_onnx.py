@@ -37,7 +37,7 @@ from torch import nn
 
 from higherpose.config import ConfigError, update_config
 from higherpose.config import cfg as default_cfg
-from higherpose.core.inference import IMAGENET_MEAN, IMAGENET_STD
+from higherpose.core.inference import IMAGENET_MEAN, IMAGENET_STD, eval_input_size
 from higherpose.models import build_model
 from higherpose.utils.checkpoint import CheckpointError, extract_state_dict, load_file, load_pose_state_dict
 from higherpose.utils.transforms import resize_align_multi_scale
@@ -132,7 +132,7 @@ def load_model(cfg, random_weights: bool) -> nn.Module:
 
 
 def check_input(cfg, image_path: str) -> torch.Tensor:
-    """The check batch (2, 3, h, w): the image resized as at test time (short side INPUT_SIZE, long
+    """The check batch (2, 3, h, w): the image resized as at test time (short side TEST.INPUT_SIZE, long
     side a multiple of 64) and its mirror image, ImageNet-normalised."""
     if image_path:
         bgr = cv2.imread(image_path, cv2.IMREAD_COLOR)
@@ -143,7 +143,7 @@ def check_input(cfg, image_path: str) -> torch.Tensor:
     else:
         rgb = test_pattern()
         print("NOTE: no --image given: checking on a generated test pattern, not a real photograph")
-    resized, _, _ = resize_align_multi_scale(np.ascontiguousarray(rgb), cfg.DATASET.INPUT_SIZE, 1.0, 1.0)
+    resized, _, _ = resize_align_multi_scale(np.ascontiguousarray(rgb), eval_input_size(cfg), 1.0, 1.0)
     x = torch.from_numpy(np.stack([resized, resized[:, ::-1]])).permute(0, 3, 1, 2).float().div(255)
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)

@@ -167,6 +167,9 @@ _C.TEST.WITH_HEATMAPS = (True,)
 _C.TEST.WITH_AE = (True,)
 _C.TEST.LOG_PROGRESS = False
 _C.TEST.SUBSET = 0  # NEW: evaluate the first N test images only (0 = all)
+# NEW: short side of the scale-1 test input (0 = DATASET.INPUT_SIZE). A model trained on crops
+# (DATASET.INPUT_SIZE smaller than the image, MIN/MAX_SCALE < 1) is tested on whole images at this size.
+_C.TEST.INPUT_SIZE = 0
 
 # debug
 _C.DEBUG = CN()
@@ -275,8 +278,10 @@ def check_config(cfg: CN, source: str = "config") -> None:
         _fail(source, "DATASET.DATASET_TEST", cfg.DATASET.DATASET_TEST, f"choose one of {TEST_DATASETS}")
 
     size = cfg.DATASET.INPUT_SIZE
-    if size <= 0 or size % 64:
-        _fail(source, "DATASET.INPUT_SIZE", size, "must be a positive multiple of 64")
+    if size <= 0 or size % 32:
+        _fail(source, "DATASET.INPUT_SIZE", size, "must be a positive multiple of 32 (HRNet's stride)")
+    if cfg.TEST.INPUT_SIZE < 0 or cfg.TEST.INPUT_SIZE % 32:
+        _fail(source, "TEST.INPUT_SIZE", cfg.TEST.INPUT_SIZE, "must be 0 (= DATASET.INPUT_SIZE) or a multiple of 32")
     for i, out in enumerate(cfg.DATASET.OUTPUT_SIZE):
         expected = size // 4 * 2**i
         if out != expected:

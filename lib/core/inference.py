@@ -122,6 +122,11 @@ def aggregate_results(
     return final_heatmaps, tags_list
 
 
+def eval_input_size(cfg: Any) -> int:
+    """Short side of the scale-1 test input: ``TEST.INPUT_SIZE``, or ``DATASET.INPUT_SIZE`` when 0."""
+    return int(cfg.TEST.INPUT_SIZE) or int(cfg.DATASET.INPUT_SIZE)
+
+
 def _model_device(model: nn.Module) -> torch.device:
     for tensor in model.parameters():
         return tensor.device
@@ -146,7 +151,7 @@ def _udp_outputs(
     if cfg.TEST.PROJECT2IMAGE:
         stride, dst_size = 1.0, tuple(base_size)
     else:
-        stride = float(cfg.DATASET.INPUT_SIZE) / output_sizes(cfg)[-1]
+        stride = float(cfg.DATASET.INPUT_SIZE) / output_sizes(cfg)[-1]  # the network's, whatever the test size
         dst_size = (int(round(base_size[0] / stride)), int(round(base_size[1] / stride)))
     # Input pixels per image pixel at this scale over those at scale 1 (get_affine_transform's factor).
     ratio = (x.shape[3] / float(scale[0])) / (base_size[0] / float(base_scale[0]))
@@ -160,7 +165,7 @@ def _predict_same_size(
     """The HigherHRNet test loop (valid.py) for images whose resized sizes agree at every scale."""
     scales = [float(s) for s in cfg.TEST.SCALE_FACTOR]
     min_scale = min(scales)
-    input_size = cfg.DATASET.INPUT_SIZE
+    input_size = eval_input_size(cfg)
     base_size, _, base_scale = get_multi_scale_size(images[0], input_size, 1.0, min_scale)
     use_amp = bool(cfg.FP16.ENABLED) and device.type == "cuda"
     amp_dtype = torch.bfloat16 if cfg.FP16.DTYPE == "bfloat16" else torch.float16
@@ -217,7 +222,7 @@ def predict_images(
     min_scale = min(scales)
     groups: dict[tuple, list[int]] = {}
     for i, image in enumerate(images_rgb):
-        key = tuple(get_multi_scale_size(image, cfg.DATASET.INPUT_SIZE, s, min_scale)[0] for s in scales)
+        key = tuple(get_multi_scale_size(image, eval_input_size(cfg), s, min_scale)[0] for s in scales)
         for s, size in zip(scales, key):
             if size[0] % INPUT_MULTIPLE or size[1] % INPUT_MULTIPLE:
                 raise ValueError(

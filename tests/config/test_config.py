@@ -77,6 +77,7 @@ def test_odd_override_list_fails() -> None:
         (("DATASET.OUTPUT_SIZE", "[64]"), ("DATASET.OUTPUT_SIZE", "[64]")),
         (("DATASET.OUTPUT_SIZE", "[64, 64]"), ("DATASET.OUTPUT_SIZE", "128")),
         (("DATASET.INPUT_SIZE", "200"), ("DATASET.INPUT_SIZE", "200")),
+        (("TEST.INPUT_SIZE", "300"), ("TEST.INPUT_SIZE", "300")),
         (("MODEL.NAME", "pose_hrnet_v99"), ("MODEL.NAME", "pose_hrnet_v99")),
         (("DATASET.FLIP_INDEX", "[0, 1]"), ("DATASET.FLIP_INDEX", "17")),
         (("MODEL.NUM_JOINTS", "14"), ("MODEL.NUM_JOINTS", "14")),

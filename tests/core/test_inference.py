@@ -13,7 +13,13 @@ from torch import nn
 
 from higherpose.core.evaluation import evaluate_keypoints, poses_to_coco_results
 from higherpose.core.group import HeatmapParser
-from higherpose.core.inference import _to_input, aggregate_results, get_multi_stage_outputs, predict_images
+from higherpose.core.inference import (
+    _to_input,
+    aggregate_results,
+    get_multi_stage_outputs,
+    predict_images,
+    eval_input_size,
+)
 from higherpose.dataset.specs import spec_from_cfg
 from higherpose.utils.transforms import get_affine_transform, get_multi_scale_size, resize_align_multi_scale
 from tests.conftest import TINY_HRNET, load_cfg
@@ -38,16 +44,17 @@ class PerfectModel(nn.Module):
         self.scales = [float(s) for s in cfg.TEST.SCALE_FACTOR]
         self.anchor = nn.Parameter(torch.zeros(1))  # so the inference finds the device
         self.calls = 0
+        self.input_shapes: list[tuple[int, int]] = []  # (h, w) of every forward
 
     def _identify(self, x: torch.Tensor) -> tuple[int, float, bool]:
         h, w = x.shape[1:]
         for idx, (image, _) in enumerate(self.samples):
             for s in self.scales:
-                size, _, _ = get_multi_scale_size(image, self.cfg.DATASET.INPUT_SIZE, s, min(self.scales))
+                size, _, _ = get_multi_scale_size(image, eval_input_size(self.cfg), s, min(self.scales))
                 if tuple(size) != (w, h):
                     continue
                 ref = _to_input(
-                    [resize_align_multi_scale(image, self.cfg.DATASET.INPUT_SIZE, s, min(self.scales))[0]], x.device
+                    [resize_align_multi_scale(image, eval_input_size(self.cfg), s, min(self.scales))[0]], x.device
                 )[0]
                 if torch.equal(ref, x):
                     return idx, s, False
@@ -57,7 +64,7 @@ class PerfectModel(nn.Module):
 
     def _render(self, idx: int, s: float, h: int, w: int, mirrored: bool = False) -> list[torch.Tensor]:
         image, anns = self.samples[idx]
-        size, center, scale = get_multi_scale_size(image, self.cfg.DATASET.INPUT_SIZE, s, min(self.scales))
+        size, center, scale = get_multi_scale_size(image, eval_input_size(self.cfg), s, min(self.scales))
         trans = get_affine_transform(center, scale, 0, size)
         people = []
         for ann in anns:
@@ -100,6 +107,7 @@ class PerfectModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         self.calls += 1
+        self.input_shapes.append(tuple(x.shape[2:]))
         per_image = []
         for b in range(x.shape[0]):
             idx, s, flipped = self._identify(x[b])
@@ -128,8 +136,8 @@ def _samples(root, ann_file, image_dir):
     return samples, ids
 
 
-def _roundtrip(cfg, samples, ids, ann_file, dataset, batch_size=1):
-    model = PerfectModel(cfg, samples)
+def _roundtrip(cfg, samples, ids, ann_file, dataset, batch_size=1, model=None):
+    model = model or PerfectModel(cfg, samples)
     preds = predict_images(cfg, model, [img for img, _ in samples], HeatmapParser(cfg), batch_size=batch_size)
     results = []
     for image_id, (poses, scores) in zip(ids, preds):
@@ -209,6 +217,24 @@ def test_udp_roundtrip_is_unbiased(coco_sample, flip, scales, project):
     _, preds_official = _roundtrip(_coco_cfg(*opts), samples, ids, ann_file, "coco")
     official = np.median(_joint_errors(samples, preds_official) / image_per_input)
     assert official > 2 * np.median(errors), (official, np.median(errors))  # quarter-pixel steps, offsets
+
+
+@pytest.mark.parametrize("project", [True, False])
+def test_test_input_size_tests_a_crop_trained_model_on_whole_images(coco_sample, project):
+    """TEST.INPUT_SIZE: a network trained on 192 x 192 crops (DATASET.INPUT_SIZE 192, OUTPUT_SIZE
+    [48, 96]) sees the test images at short side 256; its stride stays the training one (4 and 2), so
+    the joints decode as exactly as a network trained at 256."""
+    ann_file = coco_sample / "annotations" / "person_keypoints_val2017.json"
+    samples, ids = _samples(coco_sample, ann_file, coco_sample / "images" / "val2017")
+    crop = ("DATASET.INPUT_SIZE", 192, "DATASET.OUTPUT_SIZE", "[48, 96]", "TEST.INPUT_SIZE", 256)
+    opts = ("DATASET.USE_UDP", True, "TEST.FLIP_TEST", True, "TEST.PROJECT2IMAGE", project)
+    cfg = _coco_cfg(*crop, *opts)
+    model = PerfectModel(cfg, samples)
+    metrics, preds = _roundtrip(cfg, samples, ids, ann_file, "coco", model=model)
+    assert metrics["AP"] >= 0.99, metrics
+    assert min(min(shape) for shape in model.input_shapes) == 256
+    image_per_input = max(img.shape[0] for img, _ in samples) / 256
+    assert np.median(_joint_errors(samples, preds) / image_per_input) < 0.1
 
 
 def test_scale_that_breaks_the_network_stride_is_named():

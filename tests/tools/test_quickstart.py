@@ -48,3 +48,17 @@ def test_ablation_configs_differ_only_in_the_model() -> None:
         cfg.MODEL.NAME = ""
         cfg.MODEL.SAT.clear()
     assert hrnet == sat  # same data, schedule, seed and test protocol
+
+
+def test_ablation_sizes_keep_the_configs_crop_ratio() -> None:
+    """A size is the test input; the training input scales with it as in the config."""
+    cfg_file = ablation.CONFIGS["higher_pose (tiny)"]
+    cfg = load_cfg(REPO / cfg_file)
+    ratio = cfg.DATASET.INPUT_SIZE / (cfg.TEST.INPUT_SIZE or cfg.DATASET.INPUT_SIZE)
+    for size in (256, 128):
+        opts = ablation.size_opts(cfg_file, size)
+        named = dict(zip(opts[::2], opts[1::2]))
+        train = int(named["DATASET.INPUT_SIZE"])
+        assert named["TEST.INPUT_SIZE"] == str(size) and train == size * ratio
+        assert named["DATASET.OUTPUT_SIZE"] == f"[{train // 4}, {train // 2}]"
+        load_cfg(REPO / cfg_file, *opts)  # a valid config, the low-resolution case included
