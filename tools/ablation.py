@@ -38,7 +38,8 @@ def size_opts(cfg_file: str, size: int) -> list[str]:
     test = cfg.TEST.INPUT_SIZE or cfg.DATASET.INPUT_SIZE
     train, rest = divmod(size * cfg.DATASET.INPUT_SIZE, test)
     if rest or train % 32:
-        sys.exit(f"ablation: --sizes {size}: {cfg_file} would train at {size * cfg.DATASET.INPUT_SIZE / test:g}, not a multiple of 32")
+        exact = size * cfg.DATASET.INPUT_SIZE / test
+        sys.exit(f"ablation: --sizes {size}: {cfg_file} would train at {exact:g}, not a multiple of 32")
     return [
         *("DATASET.INPUT_SIZE", str(train), "DATASET.OUTPUT_SIZE", f"[{train // 4}, {train // 2}]"),
         *("TEST.INPUT_SIZE", str(size)),

@@ -16,9 +16,9 @@ from higherpose.core.group import HeatmapParser
 from higherpose.core.inference import (
     _to_input,
     aggregate_results,
+    eval_input_size,
     get_multi_stage_outputs,
     predict_images,
-    eval_input_size,
 )
 from higherpose.dataset.specs import spec_from_cfg
 from higherpose.utils.transforms import get_affine_transform, get_multi_scale_size, resize_align_multi_scale
@@ -153,8 +153,9 @@ def _tag_columns(cfg):
 
 def _coco_cfg(*opts):
     # Input 256 (long side rounded up to 64), OUTPUT [64, 128]; HigherHRNet's test protocol and
-    # conventions unless opts say otherwise (the synthetic YAML's own test settings are tuned for it).
+    # conventions unless opts say otherwise (the synthetic YAML's own settings are tuned for it).
     official = ("DATASET.USE_UDP", False, "TEST.SCALE_FACTOR", "[1]", "TEST.DETECTION_THRESHOLD", 0.1)
+    official += ("DATASET.INPUT_SIZE", 256, "DATASET.OUTPUT_SIZE", "[64, 128]", "TEST.INPUT_SIZE", 0)
     return load_cfg(TINY_HRNET, *official, *opts)
 
 

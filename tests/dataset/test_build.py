@@ -30,9 +30,11 @@ def test_train_loader_batches(coco_sample) -> None:
     cfg = _cfg(coco_sample, "WORKERS", "0", "TRAIN.SEED", "1")
     loader = make_dataloader(cfg, is_train=True)
     images, heatmaps, masks, joints = next(iter(loader))
-    assert images.shape == (2, 3, 256, 256) and images.dtype == torch.float32
-    assert [h.shape for h in heatmaps] == [(2, 17, 64, 64), (2, 17, 128, 128)]
-    assert [m.shape for m in masks] == [(2, 64, 64), (2, 128, 128)]
+    size = cfg.DATASET.INPUT_SIZE  # the training input (192 crops in the tiny YAML)
+    q, h = size // 4, size // 2
+    assert images.shape == (2, 3, size, size) and images.dtype == torch.float32
+    assert [h.shape for h in heatmaps] == [(2, 17, q, q), (2, 17, h, h)]
+    assert [m.shape for m in masks] == [(2, q, q), (2, h, h)]
     assert [j.shape for j in joints] == [(2, 30, 17, 2), (2, 30, 17, 2)] and joints[0].dtype == torch.int64
     assert abs(images.mean().item()) < 2  # normalised
     assert not loader.pin_memory or torch.cuda.is_available()
@@ -149,7 +151,7 @@ def test_synthetic_flag_generates_missing_root(tmp_path, monkeypatch) -> None:
     ds = build_dataset(cfg, is_train=True)
     assert calls == [str(root)] and len(ds) >= 1
     image, heatmaps, masks, joints = ds[0]
-    assert image.shape == (3, 256, 256)
+    assert image.shape == (3, cfg.DATASET.INPUT_SIZE, cfg.DATASET.INPUT_SIZE)
 
 
 def test_with_center_adds_the_mean_joint(coco_sample) -> None:
