@@ -31,10 +31,10 @@ def test_train_loader_batches(coco_sample) -> None:
     loader = make_dataloader(cfg, is_train=True)
     images, heatmaps, masks, joints = next(iter(loader))
     size = cfg.DATASET.INPUT_SIZE  # the training input (192 crops in the tiny YAML)
-    q, h = size // 4, size // 2
+    quarter, half = size // 4, size // 2
     assert images.shape == (2, 3, size, size) and images.dtype == torch.float32
-    assert [h.shape for h in heatmaps] == [(2, 17, q, q), (2, 17, h, h)]
-    assert [m.shape for m in masks] == [(2, q, q), (2, h, h)]
+    assert [h.shape for h in heatmaps] == [(2, 17, quarter, quarter), (2, 17, half, half)]
+    assert [m.shape for m in masks] == [(2, quarter, quarter), (2, half, half)]
     assert [j.shape for j in joints] == [(2, 30, 17, 2), (2, 30, 17, 2)] and joints[0].dtype == torch.int64
     assert abs(images.mean().item()) < 2  # normalised
     assert not loader.pin_memory or torch.cuda.is_available()
