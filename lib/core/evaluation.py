@@ -182,7 +182,7 @@ def _fmt_time(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-def _unwrap(sample: Any) -> tuple[Any, Any]:
+def unwrap_test_sample(sample: Any) -> tuple[Any, Any]:
     """A test-loader item -> (image or None, anns); tolerates a list-of-one batch."""
     if isinstance(sample, list) and len(sample) == 1 and isinstance(sample[0], (tuple, list)):
         sample = sample[0]
@@ -246,7 +246,7 @@ def run_validation(
         for i, sample in enumerate(loader):
             if i >= total:
                 break
-            image, _ = _unwrap(sample)
+            image, _ = unwrap_test_sample(sample)
             if image is None:
                 skipped.append(ids[i])
                 progress.update()

@@ -6,6 +6,7 @@ RGB image to poses in image pixels (used by valid.py, demo.py and validation dur
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -159,10 +160,29 @@ def _udp_outputs(
     return udp_multi_stage_outputs(cfg, model, x, flip_index, cfg.TEST.FLIP_TEST, dst_size, stride, base_size, ratio)
 
 
-def _predict_same_size(
-    cfg: Any, model: nn.Module, images: Sequence[np.ndarray], parser: HeatmapParser, device: torch.device
-) -> list[tuple[list[np.ndarray], list[float]]]:
-    """The HigherHRNet test loop (valid.py) for images whose resized sizes agree at every scale."""
+@dataclass
+class ImageMaps:
+    """The aggregated test-time maps of a batch of same-size images, before grouping.
+
+    ``det``: (B, K, H, W) heatmaps averaged over stages, flips and scales; ``tags``: (B, K, H, W, L)
+    tag maps (L = flips x scales that carry tags); ``centers`` / ``scales`` (per image, (2,) each) and
+    ``heatmap_size`` ([W, H]) map a heatmap pixel back to the image (:func:`transform_preds`).
+    """
+
+    det: torch.Tensor
+    tags: torch.Tensor
+    centers: list[np.ndarray]
+    scales: list[np.ndarray]
+    heatmap_size: list[int]
+
+    def to_image(self, b: int, keypoints: np.ndarray) -> np.ndarray:
+        """Image ``b``'s keypoints (..., >=2) in heatmap pixels -> original-image pixels (a copy)."""
+        return transform_preds(keypoints, self.centers[b], self.scales[b], self.heatmap_size)
+
+
+def image_maps(cfg: Any, model: nn.Module, images: Sequence[np.ndarray], device: torch.device) -> ImageMaps:
+    """The HigherHRNet test loop (valid.py) up to grouping, for images whose resized sizes agree at
+    every scale: resize per ``TEST.SCALE_FACTOR`` (largest first), flip, stage/flip/scale averaging."""
     scales = [float(s) for s in cfg.TEST.SCALE_FACTOR]
     min_scale = min(scales)
     input_size = eval_input_size(cfg)
@@ -193,17 +213,23 @@ def _predict_same_size(
         final_heatmaps, tags_list = aggregate_results(cfg, s, final_heatmaps, tags_list, heatmaps, tags)
 
     final_heatmaps = final_heatmaps / float(len(scales))
-    tags = torch.cat(tags_list, dim=4)
-    grouped, scores = parser.parse_batch(final_heatmaps, tags, cfg.TEST.ADJUST, cfg.TEST.REFINE)
-    heatmap_size = [final_heatmaps.size(3), final_heatmaps.size(2)]
     if cfg.DATASET.USE_UDP:  # the maps lie on the scale-1 grid (HigherHRNet maps back with the last scale's)
         bases = [get_multi_scale_size(image, input_size, 1.0, min_scale) for image in images]
         centers, scales_px = [b[1] for b in bases], [b[2] for b in bases]
-    out = []
-    for people, person_scores, center, scale in zip(grouped, scores, centers, scales_px):
-        poses = [transform_preds(person, center, scale, heatmap_size) for person in people]
-        out.append((poses, person_scores))
-    return out
+    heatmap_size = [final_heatmaps.size(3), final_heatmaps.size(2)]
+    return ImageMaps(final_heatmaps, torch.cat(tags_list, dim=4), centers, scales_px, heatmap_size)
+
+
+def _predict_same_size(
+    cfg: Any, model: nn.Module, images: Sequence[np.ndarray], parser: HeatmapParser, device: torch.device
+) -> list[tuple[list[np.ndarray], list[float]]]:
+    """:func:`image_maps`, then grouping by tags and the inverse affine map."""
+    maps = image_maps(cfg, model, images, device)
+    grouped, scores = parser.parse_batch(maps.det, maps.tags, cfg.TEST.ADJUST, cfg.TEST.REFINE)
+    return [
+        ([maps.to_image(b, person) for person in people], person_scores)
+        for b, (people, person_scores) in enumerate(zip(grouped, scores))
+    ]
 
 
 def predict_images(

@@ -1,0 +1,135 @@
+"""Where the AP goes: the same heatmaps grouped by the tags and by the ground truth.
+
+    python tools/oracle.py --cfg experiments/synthetic/higher_pose_tiny.yaml \\
+        TEST.MODEL_FILE output/quickstart/.../final_state.pth [KEY VALUE ...]
+
+Runs valid.py's test path (flip, multi-scale and every other ``TEST.*`` key of the config) once per
+test image and groups the aggregated heatmaps twice: by the tags, which is exactly what valid.py
+reports, and by the ground truth (:func:`higherpose.core.oracle.group_by_ground_truth`: each labelled
+joint takes the nearest detected candidate of its type, one-to-one). A small gap means the tags
+group well and the heatmaps limit the AP; a large one, that grouping does. Prints both AP tables and
+writes ``oracle_<split>.json`` (weights and both metric sets) to the experiment's output folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from valid import find_weights, parse_args
+
+from higherpose.config import ConfigError, update_config
+from higherpose.config import cfg as default_cfg
+from higherpose.core.evaluation import evaluate_keypoints, poses_to_coco_results, unwrap_test_sample
+from higherpose.core.group import HeatmapParser
+from higherpose.core.inference import ImageMaps, image_maps
+from higherpose.core.oracle import group_by_ground_truth
+from higherpose.dataset.build import make_test_dataloader
+from higherpose.models import build_model
+from higherpose.utils.atomic import write_json_atomic
+from higherpose.utils.checkpoint import CheckpointError, extract_state_dict, load_file, load_pose_state_dict
+from higherpose.utils.distributed import resolve_device
+from higherpose.utils.logging import create_logger
+from higherpose.utils.transforms import get_affine_transform
+
+# A candidate farther than this fraction of the person's size (sqrt of its area) from the labelled
+# joint is not given to that person.
+RADIUS_FRACTION = 0.5
+MIN_RADIUS = 2.0  # heatmap pixels, so that tiny persons can still take the candidate at their joint
+
+
+def gt_in_heatmap(anns: list[dict], maps: ImageMaps, num_joints: int) -> tuple[np.ndarray, np.ndarray]:
+    """The non-crowd annotated persons of image 0 of ``maps`` -> ``(joints (P, K, 3) (x, y, visibility)
+    in heatmap pixels, radius (P,) in heatmap pixels)``. A joint the annotations lack (the center
+    joint of ``*_WITH_CENTER`` sets) is unlabelled."""
+    people = [a for a in anns if not a.get("iscrowd", 0) and a.get("num_keypoints", 1) > 0 and "keypoints" in a]
+    joints = np.zeros((len(people), num_joints, 3), np.float64)
+    for p, a in enumerate(people):
+        labelled = np.asarray(a["keypoints"], np.float64).reshape(-1, 3)
+        joints[p, : len(labelled)] = labelled
+    trans = get_affine_transform(maps.centers[0], maps.scales[0], 0, maps.heatmap_size)
+    joints[:, :, :2] = joints[:, :, :2] @ trans[:, :2].T + trans[:, 2]
+    pixels_per_image_pixel = float(np.sqrt(abs(np.linalg.det(trans[:, :2]))))
+    size = np.sqrt([float(a.get("area", 0.0)) for a in people]) * pixels_per_image_pixel
+    return joints, np.maximum(RADIUS_FRACTION * size, MIN_RADIUS)
+
+
+def compare_groupings(
+    cfg: Any, model: nn.Module, device: torch.device, logger: logging.Logger
+) -> tuple[dict[str, OrderedDict], str, int]:
+    """Group every test image's maps by the tags and by the ground truth; evaluate both.
+
+    Returns ``({"tags": metrics, "ground truth": metrics}, split annotation file, images evaluated)``.
+    """
+    loader, dataset = make_test_dataloader(cfg)
+    if not dataset.coco.dataset.get("annotations"):
+        raise ConfigError(f"{dataset.ann_file} has no annotations: ground-truth grouping needs a labelled split")
+    ids = list(dataset.ids)
+    total = min(len(ids), cfg.TEST.SUBSET) if cfg.TEST.SUBSET > 0 else len(ids)
+    parser = HeatmapParser(cfg)
+    results: dict[str, list[dict]] = {"tags": [], "ground truth": []}
+    skipped = 0
+    with torch.no_grad():
+        for i, sample in enumerate(loader):
+            if i >= total:
+                break
+            image, anns = unwrap_test_sample(sample)
+            if image is None:
+                skipped += 1
+                continue
+            maps = image_maps(cfg, model, [image], device)
+            grouped, scores = parser.parse_batch(maps.det, maps.tags, cfg.TEST.ADJUST, cfg.TEST.REFINE)
+            people = [maps.to_image(0, person) for person in grouped[0]]
+            results["tags"] += poses_to_coco_results(ids[i], people, scores[0])
+            joints, radius = gt_in_heatmap(anns, maps, maps.det.shape[1])
+            poses, oracle_scores = group_by_ground_truth(maps.det[0], joints, radius, parser, cfg.TEST.ADJUST)
+            people = [maps.to_image(0, person) for person in poses]
+            results["ground truth"] += poses_to_coco_results(ids[i], people, oracle_scores)
+            if (i + 1) % max(1, cfg.PRINT_FREQ) == 0:
+                logger.info("oracle: %d / %d images", i + 1, total)
+    if skipped:
+        logger.warning("oracle: skipped %d unreadable images", skipped)
+    image_ids = ids[:total] if total < len(ids) else None
+    metrics = {
+        name: evaluate_keypoints(dataset.ann_file, res, dataset.name, sigmas=dataset.spec.sigmas, image_ids=image_ids)
+        for name, res in results.items()
+    }
+    return metrics, dataset.ann_file, total - skipped
+
+
+def main(argv: list[str] | None = None) -> dict[str, OrderedDict]:
+    args = parse_args(argv)
+    cfg = default_cfg.clone()
+    update_config(cfg, args)
+    logger, final_output_dir, _ = create_logger(cfg, args.cfg, "oracle")
+    device = resolve_device(cfg.DEVICE)
+
+    model = build_model(cfg, is_train=False)
+    weights = find_weights(cfg.TEST.MODEL_FILE, final_output_dir)
+    logger.info("=> loading model from %s", weights)
+    load_pose_state_dict(model, extract_state_dict(load_file(weights)), strict=True, source=weights)
+    model.to(device).eval()
+
+    metrics, ann_file, images = compare_groupings(cfg, model, device, logger)
+    keys = list(metrics["tags"])
+    lines = ["| grouping | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(f"{m[k]:.3f}" for k in keys) + " |" for name, m in metrics.items()]
+    for line in lines:
+        logger.info(line)
+    path = os.path.join(final_output_dir, f"oracle_{cfg.DATASET.TEST}.json")
+    write_json_atomic({"weights": weights, "annotations": ann_file, "images": images, **metrics}, path, indent=2)
+    logger.info("=> wrote %s", path)
+    return metrics
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ConfigError, CheckpointError) as err:
+        sys.exit(f"oracle.py: {err}")
