@@ -7,6 +7,7 @@ every step's command works and produces what the next step and the user need.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -62,3 +63,16 @@ def test_ablation_sizes_keep_the_configs_crop_ratio() -> None:
         assert named["TEST.INPUT_SIZE"] == str(size) and train == size * ratio
         assert named["DATASET.OUTPUT_SIZE"] == f"[{train // 4}, {train // 2}]"
         load_cfg(REPO / cfg_file, *opts)  # a valid config, the low-resolution case included
+
+
+def test_training_runs_with_the_requested_processes(tmp_path: Path, monkeypatch) -> None:
+    """``--nproc`` reaches dist_train (the tiny YAMLs' schedule assumes two processes of batch 4)."""
+    commands: list[list[str]] = []
+    monkeypatch.setattr(quickstart, "run", commands.append)
+    weights = tmp_path / "out" / "final_state.pth"
+    weights.parent.mkdir()
+    weights.write_bytes(b"")  # the pipeline looks for it after training
+    summary = quickstart.pipeline("cfg.yaml", tmp_path / "out", tmp_path, [], [], demo_images=0, nproc=2)
+    train = next(c for c in commands if "tools/dist_train.py" in c)
+    assert train[train.index("--nproc") + 1] == "2" and summary["nproc"] == 2
+    assert quickstart.DEFAULT_NPROC == min(2, os.cpu_count() or 1)
