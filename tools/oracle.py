@@ -28,7 +28,7 @@ from higherpose.config import ConfigError, update_config
 from higherpose.config import cfg as default_cfg
 from higherpose.core.evaluation import evaluate_keypoints, poses_to_coco_results, unwrap_test_sample
 from higherpose.core.group import HeatmapParser
-from higherpose.core.inference import ImageMaps, image_maps
+from higherpose.core.inference import ImageMaps, group_by_tags, image_maps
 from higherpose.core.oracle import group_by_ground_truth
 from higherpose.dataset.build import make_test_dataloader
 from higherpose.models import build_model
@@ -84,9 +84,8 @@ def compare_groupings(
                 skipped += 1
                 continue
             maps = image_maps(cfg, model, [image], device)
-            grouped, scores = parser.parse_batch(maps.det, maps.tags, cfg.TEST.ADJUST, cfg.TEST.REFINE)
-            people = [maps.to_image(0, person) for person in grouped[0]]
-            results["tags"] += poses_to_coco_results(ids[i], people, scores[0])
+            people, scores = group_by_tags(cfg, maps, parser)[0]  # exactly valid.py's poses
+            results["tags"] += poses_to_coco_results(ids[i], people, scores)
             joints, radius = gt_in_heatmap(anns, maps, maps.det.shape[1])
             poses, oracle_scores = group_by_ground_truth(maps.det[0], joints, radius, parser, cfg.TEST.ADJUST)
             people = [maps.to_image(0, person) for person in poses]

@@ -176,7 +176,7 @@ class ImageMaps:
     heatmap_size: list[int]
 
     def to_image(self, b: int, keypoints: np.ndarray) -> np.ndarray:
-        """Image ``b``'s keypoints (..., >=2) in heatmap pixels -> original-image pixels (a copy)."""
+        """Image ``b``'s keypoints (N, >=2) in heatmap pixels -> original-image pixels (a copy)."""
         return transform_preds(keypoints, self.centers[b], self.scales[b], self.heatmap_size)
 
 
@@ -220,16 +220,20 @@ def image_maps(cfg: Any, model: nn.Module, images: Sequence[np.ndarray], device:
     return ImageMaps(final_heatmaps, torch.cat(tags_list, dim=4), centers, scales_px, heatmap_size)
 
 
-def _predict_same_size(
-    cfg: Any, model: nn.Module, images: Sequence[np.ndarray], parser: HeatmapParser, device: torch.device
-) -> list[tuple[list[np.ndarray], list[float]]]:
-    """:func:`image_maps`, then grouping by tags and the inverse affine map."""
-    maps = image_maps(cfg, model, images, device)
+def group_by_tags(cfg: Any, maps: ImageMaps, parser: HeatmapParser) -> list[tuple[list[np.ndarray], list[float]]]:
+    """Grouping by tags (``TEST.ADJUST``, ``TEST.REFINE``) and the inverse affine map: per image of
+    ``maps``, what :func:`predict_image` returns."""
     grouped, scores = parser.parse_batch(maps.det, maps.tags, cfg.TEST.ADJUST, cfg.TEST.REFINE)
     return [
         ([maps.to_image(b, person) for person in people], person_scores)
         for b, (people, person_scores) in enumerate(zip(grouped, scores))
     ]
+
+
+def _predict_same_size(
+    cfg: Any, model: nn.Module, images: Sequence[np.ndarray], parser: HeatmapParser, device: torch.device
+) -> list[tuple[list[np.ndarray], list[float]]]:
+    return group_by_tags(cfg, image_maps(cfg, model, images, device), parser)
 
 
 def predict_images(
