@@ -60,12 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", nargs="+", type=int, default=[256], help="test input sizes (multiples of 32)")
     parser.add_argument("--output", default="output/ablation")
     parser.add_argument("--smoke", action="store_true", help="a few steps on a few images (tests, CI)")
-    parser.add_argument(
-        "--nproc", type=int, default=None, help=f"training processes (default {DEFAULT_NPROC}; 1 with --smoke)"
-    )
+    parser.add_argument("--nproc", type=int, default=None, help=f"training processes (default {DEFAULT_NPROC})")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for both models")
     args = parser.parse_args(argv)
-    nproc = args.nproc or (1 if args.smoke else DEFAULT_NPROC)
+    nproc = args.nproc or DEFAULT_NPROC
 
     data_root = REPO / ("data/synthetic_smoke" if args.smoke else "data/synthetic")
     output = Path(args.output) if Path(args.output).is_absolute() else REPO / args.output

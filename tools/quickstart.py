@@ -1,14 +1,12 @@
 """The quick start: from nothing to a trained higher_pose model, its AP table and pose pictures.
 
     python tools/quickstart.py            # what `make quickstart` runs (about 15 minutes on 2 CPU cores)
-    python tools/quickstart.py --nproc 1  # one training process instead of one per core (up to 2)
+    python tools/quickstart.py --nproc 2  # train with two gloo DDP processes (see the README's tuning table)
     python tools/quickstart.py --smoke    # a 1-minute smoke run of the same steps (used by the tests)
 
 Steps, each an ordinary project command printed before it runs, so you can re-run any of them:
 1. generate the synthetic COCO-format set under data/synthetic (skipped when present),
-2. train the tiny higher_pose config with tools/dist_train.py on the CPU: two gloo DDP processes of
-   one thread each when there are two cores or more (on 2 cores 1.2x the images per second of one
-   process with two threads, whose small convolutions do not split well), each with batch 4,
+2. train the tiny higher_pose config with tools/dist_train.py on the CPU (one process, all cores),
 3. validate the final weights with tools/valid.py (prints the AP table),
 4. draw the poses found on a few validation images with tools/demo.py.
 """
@@ -17,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import subprocess
 import sys
@@ -28,8 +25,10 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CFG = "experiments/synthetic/higher_pose_tiny.yaml"
 SMOKE_TRAIN = ["TRAIN.END_EPOCH", "1", "TRAIN.ITERS_PER_EPOCH", "3", "TRAIN.IMAGES_PER_GPU", "2", "WORKERS", "0"]
 SMOKE_TRAIN += ["PRINT_FREQ", "1", "TRAIN.WARMUP_ITERS", "0"]
-# The tiny YAMLs' schedule is set for two processes of batch 4 (a global batch of 8).
-DEFAULT_NPROC = min(2, os.cpu_count() or 1)
+# One process: the tiny YAMLs' schedule counts epochs of one process's batch 4. Two gloo processes of
+# one thread each train 1.2x more images per second on 2 cores, at a global batch of 8; within the
+# same 15 minutes that did not give a higher AP (README, quick-start tuning).
+DEFAULT_NPROC = 1
 
 
 def run(cmd: list[str]) -> None:
@@ -116,11 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default="output/quickstart")
     parser.add_argument("--data", default=None, help="synthetic set root (default data/synthetic)")
     parser.add_argument("--smoke", action="store_true", help="a few steps on a few images (tests, CI)")
-    parser.add_argument(
-        "--nproc", type=int, default=None, help=f"training processes (default {DEFAULT_NPROC}; 1 with --smoke)"
-    )
+    parser.add_argument("--nproc", type=int, default=None, help=f"training processes (default {DEFAULT_NPROC})")
     args = parser.parse_args(argv)
-    nproc = args.nproc or (1 if args.smoke else DEFAULT_NPROC)
+    nproc = args.nproc or DEFAULT_NPROC
 
     total = time.perf_counter()
     data_root = Path(args.data or ("data/synthetic_smoke" if args.smoke else "data/synthetic"))
