@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from valid import find_weights, parse_args
+from valid import load_eval_model, parse_args
 
 from higherpose.config import ConfigError, update_config
 from higherpose.config import cfg as default_cfg
@@ -31,10 +31,8 @@ from higherpose.core.group import HeatmapParser
 from higherpose.core.inference import ImageMaps, group_by_tags, image_maps
 from higherpose.core.oracle import group_by_ground_truth
 from higherpose.dataset.build import make_test_dataloader
-from higherpose.models import build_model
 from higherpose.utils.atomic import write_json_atomic
-from higherpose.utils.checkpoint import CheckpointError, extract_state_dict, load_file, load_pose_state_dict
-from higherpose.utils.distributed import resolve_device
+from higherpose.utils.checkpoint import CheckpointError
 from higherpose.utils.logging import create_logger
 from higherpose.utils.transforms import get_affine_transform
 
@@ -107,14 +105,7 @@ def main(argv: list[str] | None = None) -> dict[str, OrderedDict]:
     cfg = default_cfg.clone()
     update_config(cfg, args)
     logger, final_output_dir, _ = create_logger(cfg, args.cfg, "oracle")
-    device = resolve_device(cfg.DEVICE)
-
-    model = build_model(cfg, is_train=False)
-    weights = find_weights(cfg.TEST.MODEL_FILE, final_output_dir)
-    logger.info("=> loading model from %s", weights)
-    load_pose_state_dict(model, extract_state_dict(load_file(weights)), strict=True, source=weights)
-    model.to(device).eval()
-
+    model, weights, device = load_eval_model(cfg, final_output_dir, logger)
     metrics, ann_file, images = compare_groupings(cfg, model, device, logger)
     keys = list(metrics["tags"])
     lines = ["| grouping | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]

@@ -12,12 +12,15 @@ prints HigherHRNet's markdown AP table. ``DEVICE`` picks the device ('' = CUDA w
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import pprint
 import sys
 from collections import OrderedDict
+from typing import Any
 
 import torch
+from torch import nn
 
 from higherpose.config import ConfigError, update_config
 from higherpose.config import cfg as default_cfg
@@ -57,6 +60,21 @@ def find_weights(model_file: str, output_dir: str) -> str:
     )
 
 
+def load_eval_model(cfg: Any, output_dir: str, logger: logging.Logger) -> tuple[nn.Module, str, torch.device]:
+    """cuDNN flags, the device (``DEVICE``) and the model with its weights (:func:`find_weights`), in
+    eval mode. Returns ``(model, weights path, device)``."""
+    torch.backends.cudnn.benchmark = cfg.CUDNN.BENCHMARK
+    torch.backends.cudnn.deterministic = cfg.CUDNN.DETERMINISTIC
+    torch.backends.cudnn.enabled = cfg.CUDNN.ENABLED
+    device = resolve_device(cfg.DEVICE)
+    model = build_model(cfg, is_train=False)
+    logger.info("=> %s: %.2fM parameters", cfg.MODEL.NAME, sum(p.numel() for p in model.parameters()) / 1e6)
+    weights = find_weights(cfg.TEST.MODEL_FILE, output_dir)
+    logger.info("=> loading model from %s", weights)
+    load_pose_state_dict(model, extract_state_dict(load_file(weights)), strict=True, source=weights)
+    return model.to(device).eval(), weights, device
+
+
 def main(argv: list[str] | None = None) -> OrderedDict:
     args = parse_args(argv)
     cfg = default_cfg.clone()
@@ -66,18 +84,7 @@ def main(argv: list[str] | None = None) -> OrderedDict:
     logger.info(pprint.pformat(vars(args)))
     logger.info(cfg)
 
-    torch.backends.cudnn.benchmark = cfg.CUDNN.BENCHMARK
-    torch.backends.cudnn.deterministic = cfg.CUDNN.DETERMINISTIC
-    torch.backends.cudnn.enabled = cfg.CUDNN.ENABLED
-    device = resolve_device(cfg.DEVICE)
-
-    model = build_model(cfg, is_train=False)
-    logger.info("=> %s: %.2fM parameters", cfg.MODEL.NAME, sum(p.numel() for p in model.parameters()) / 1e6)
-    weights = find_weights(cfg.TEST.MODEL_FILE, final_output_dir)
-    logger.info("=> loading model from %s", weights)
-    load_pose_state_dict(model, extract_state_dict(load_file(weights)), strict=True, source=weights)
-    model.to(device).eval()
-
+    model, weights, device = load_eval_model(cfg, final_output_dir, logger)
     logger.info("=> evaluating %s/%s on %s", cfg.DATASET.ROOT, cfg.DATASET.TEST, device)
     metrics, _ = run_validation(cfg, model, final_output_dir, logger)
     if metrics:
