@@ -60,10 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", nargs="+", type=int, default=[256], help="test input sizes (multiples of 32)")
     parser.add_argument("--output", default="output/ablation")
     parser.add_argument("--smoke", action="store_true", help="a few steps on a few images (tests, CI)")
-    parser.add_argument("--nproc", type=int, default=None, help=f"training processes (default {DEFAULT_NPROC})")
+    parser.add_argument("--nproc", type=int, default=DEFAULT_NPROC, help="training processes (default %(default)s)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for both models")
     args = parser.parse_args(argv)
-    nproc = args.nproc or DEFAULT_NPROC
 
     data_root = REPO / ("data/synthetic_smoke" if args.smoke else "data/synthetic")
     output = Path(args.output) if Path(args.output).is_absolute() else REPO / args.output
@@ -77,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             label = f"{name} @{size}"
             out = output / f"{Path(cfg).stem}_{size}"
             opts = [*size_opts(cfg, size), *args.opts]
-            summary = pipeline(cfg, out, data_root, [*train, *opts], [*valid, *opts], demo_images=0, nproc=nproc)
+            summary = pipeline(cfg, out, data_root, [*train, *opts], [*valid, *opts], demo_images=0, nproc=args.nproc)
             rows[label] = summary["metrics"]
             seconds[label] = summary["train_seconds"]
 

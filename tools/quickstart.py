@@ -54,7 +54,7 @@ def pipeline(
     train_opts: list[str],
     valid_opts: list[str],
     demo_images: int,
-    nproc: int = 1,
+    nproc: int = DEFAULT_NPROC,
 ) -> dict:
     """Train ``cfg`` into ``output`` with ``nproc`` CPU processes, validate it and draw a few demo
     pictures; returns a summary (weights, training seconds, the metrics valid.py wrote, the demo folder)."""
@@ -115,9 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default="output/quickstart")
     parser.add_argument("--data", default=None, help="synthetic set root (default data/synthetic)")
     parser.add_argument("--smoke", action="store_true", help="a few steps on a few images (tests, CI)")
-    parser.add_argument("--nproc", type=int, default=None, help=f"training processes (default {DEFAULT_NPROC})")
+    parser.add_argument("--nproc", type=int, default=DEFAULT_NPROC, help="training processes (default %(default)s)")
     args = parser.parse_args(argv)
-    nproc = args.nproc or DEFAULT_NPROC
 
     total = time.perf_counter()
     data_root = Path(args.data or ("data/synthetic_smoke" if args.smoke else "data/synthetic"))
@@ -126,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     make_data(data_root, args.smoke)
     train = SMOKE_TRAIN if args.smoke else []
     valid = ["TEST.FLIP_TEST", "False", "TEST.REFINE", "False"] if args.smoke else []
-    summary = pipeline(args.cfg, output, data_root, train, valid, demo_images=2 if args.smoke else 8, nproc=nproc)
+    summary = pipeline(args.cfg, output, data_root, train, valid, demo_images=2 if args.smoke else 8, nproc=args.nproc)
     summary["total_seconds"] = round(time.perf_counter() - total)
     print_summary(summary)
     (output / "quickstart_summary.json").write_text(json.dumps(summary, indent=1))
