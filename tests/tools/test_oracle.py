@@ -8,6 +8,7 @@ import logging
 import pytest
 import torch
 
+from higherpose.dataset.specs import COCO
 from higherpose.models import build_model
 from tests.conftest import TINY_HRNET, load_tool
 from tests.core import test_inference
@@ -25,23 +26,27 @@ def _compare(coco_sample, tmp_path, *opts):
     cfg = _coco_cfg(*_opts(coco_sample, tmp_path), *opts)
     ann_file = coco_sample / "annotations" / "person_keypoints_val2017.json"
     samples, _ = _samples(coco_sample, ann_file, coco_sample / "images" / "val2017")
-    metrics, _, images = oracle.compare_groupings(
+    metrics, joints, _, images = oracle.compare_groupings(
         cfg, PerfectModel(cfg, samples), torch.device("cpu"), logging.getLogger("test")
     )
     assert images == len(samples)
-    return metrics
+    return metrics, {r["name"]: r for r in joints}
 
 
 @pytest.mark.parametrize("udp", [False, True])
 def test_perfect_maps_group_perfectly_both_ways(coco_sample, tmp_path, udp):
-    metrics = _compare(coco_sample, tmp_path, "DATASET.USE_UDP", udp, "TEST.FLIP_TEST", True)
+    metrics, joints = _compare(coco_sample, tmp_path, "DATASET.USE_UDP", udp, "TEST.FLIP_TEST", True)
     assert metrics["tags"]["AP"] >= 0.99, metrics
     assert metrics["ground truth"]["AP"] >= 0.99, metrics
+    # Perfect maps: every labelled joint found, within a pixel, and scored as a hit by COCO.
+    overall = joints["all"]
+    assert overall["labelled"] > 100 and overall["found"] == 1.0, overall
+    assert overall["median_px"] < 1.0 and overall["ks50"] >= 0.97, overall
 
 
 def test_tags_that_say_nothing_cost_ap_that_ground_truth_grouping_keeps(coco_sample, tmp_path, monkeypatch):
     monkeypatch.setattr(test_inference, "TAG_STEP", 0.0)  # every person gets the same tag
-    metrics = _compare(coco_sample, tmp_path)
+    metrics, _ = _compare(coco_sample, tmp_path)
     assert metrics["ground truth"]["AP"] >= 0.99, metrics
     assert metrics["tags"]["AP"] < metrics["ground truth"]["AP"] - 0.2, metrics
 
@@ -58,6 +63,8 @@ def test_main_writes_both_metric_sets(coco_sample, tmp_path):
     assert written["images"] == 1 and written["weights"] == str(weights)
     assert written["tags"] == pytest.approx(dict(metrics["tags"]))
     assert set(written["ground truth"]) == set(metrics["tags"])
+    names = [r["name"] for r in written["joints"]]
+    assert names[:17] == list(COCO.joint_names) and names[-1] == "all"
 
 
 def test_unlabelled_split_is_refused(tmp_path):
