@@ -3,7 +3,8 @@
 1. Train-step throughput (samples/s, forward + loss + backward + Adam step through ``do_train`` on a
    fixed in-memory batch) and peak memory (CUDA: ``max_memory_allocated``; CPU: the process' peak
    RSS, each configuration in its own fresh process so the numbers do not mix) for HigherHRNet-W32
-   at input 256 and 512 and for the tiny config; quick mode: the tiny config only.
+   at input 256 and 512 and for the two tiny configs at their own training setting (the quick start's:
+   ``DATASET.INPUT_SIZE`` crops, ``TRAIN.IMAGES_PER_GPU``); quick mode: the tiny HigherHRNet only.
 2. Does the data loader keep ahead of the model? Loader-only samples/s with ``WORKERS`` workers,
    against the train-step samples/s above, and a real ``do_train`` epoch fed by that loader with the
    fraction of time spent waiting for data.
@@ -29,6 +30,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "experiments" / "synthetic" / "higher_hrnet_tiny.yaml"
+TINY_SAT = REPO / "experiments" / "synthetic" / "higher_pose_tiny.yaml"
 W32_256 = REPO / "experiments" / "coco" / "higher_hrnet" / "w32_256_adam_lr1e-3.yaml"
 W32_512 = REPO / "experiments" / "coco" / "higher_hrnet" / "w32_512_adam_lr1e-3.yaml"
 
@@ -42,6 +44,12 @@ def _cfg(path: Path, root: str, *opts: Any):
     cfg = default_cfg.clone()
     update_config(cfg, SimpleNamespace(cfg=str(path), opts=[str(o) for o in [*common, *opts]]))
     return cfg
+
+
+def _own_setting(path: Path, root: str) -> tuple[int, int]:
+    """``(DATASET.INPUT_SIZE, TRAIN.IMAGES_PER_GPU)`` of a config: the setting it trains with."""
+    cfg = _cfg(path, root)
+    return int(cfg.DATASET.INPUT_SIZE), int(cfg.TRAIN.IMAGES_PER_GPU)
 
 
 def _peak_rss_mb() -> float:
@@ -164,14 +172,16 @@ def _in_fresh_process(fn, *args) -> dict:
 def run(quick: bool) -> list[dict]:
     threads = max(1, min(4, os.cpu_count() or 1))
     rows: list[dict] = []
-    tiny_batch = 4 if quick else 8  # the tiny config trains with 8
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
         root = os.path.join(tmp, "synthetic")
         from higherpose.dataset.synthetic import ensure_synthetic
 
         ensure_synthetic(root, num_train=32 if quick else 96, num_val=2, verbose=False)
-        jobs = [("tiny", TINY, 256, tiny_batch, 2 if quick else 5)]
+        tiny_size, tiny_batch = _own_setting(TINY, root)
+        jobs = [("tiny", TINY, tiny_size, tiny_batch, 2 if quick else 8)]
         if not quick:
+            sat_size, sat_batch = _own_setting(TINY_SAT, root)
+            jobs += [("tiny higher_pose", TINY_SAT, sat_size, sat_batch, 8)]
             jobs += [("W32", W32_256, 256, 2, 3), ("W32", W32_512, 512, 1, 2), ("W32", W32_512, 512, 2, 2)]
         for name, path, size, batch, steps in jobs:
             r = _in_fresh_process(_train_step_job, str(path), root, size, batch, steps, threads)
@@ -186,12 +196,13 @@ def run(quick: bool) -> list[dict]:
         train_sps = rows[0]["value"]
         r = _in_fresh_process(_loader_job, str(TINY), root, tiny_batch, 6 if quick else 12, threads)
         keeps = "keeps ahead of" if r["loader_samples_per_s"] > train_sps else "is SLOWER than"
-        detail = f"tiny 256, batch {tiny_batch}, WORKERS {r['workers']}: {keeps} the train step ({train_sps:.2f}/s)"
-        rows.append(_row("loader only tiny 256", r["loader_samples_per_s"], "samples/s", detail))
+        tiny = f"tiny {tiny_size}"
+        detail = f"{tiny}, batch {tiny_batch}, WORKERS {r['workers']}: {keeps} the train step ({train_sps:.2f}/s)"
+        rows.append(_row(f"loader only {tiny}", r["loader_samples_per_s"], "samples/s", detail))
         detail = f"WORKERS {r['workers']}, real loader, batch {tiny_batch}"
-        rows.append(_row("train fed by loader tiny 256", r["fed_samples_per_s"], "samples/s", detail))
+        rows.append(_row(f"train fed by loader {tiny}", r["fed_samples_per_s"], "samples/s", detail))
         detail = "share of the epoch spent waiting for batches"
-        rows.append(_row("data wait fraction tiny 256", r["data_wait_fraction"], "fraction", detail))
+        rows.append(_row(f"data wait fraction {tiny}", r["data_wait_fraction"], "fraction", detail))
     return rows
 
 
