@@ -70,7 +70,7 @@ _C.LOSS = CN()
 _C.LOSS.NUM_STAGES = 1
 _C.LOSS.WITH_HEATMAPS_LOSS = (True,)
 _C.LOSS.HEATMAPS_LOSS_FACTOR = (1.0,)
-_C.LOSS.HEATMAPS_LOSS_TYPE = "mse"  # NEW: 'mse' (HigherHRNet) or 'wahr' (SWAHR's weight-adaptive loss)
+_C.LOSS.HEATMAPS_LOSS_TYPE = "mse"  # NEW: 'mse' (HigherHRNet), 'wahr' (SWAHR) or 'qfl' (quality focal, logits)
 _C.LOSS.WITH_AE_LOSS = (True,)
 _C.LOSS.AE_LOSS_TYPE = "max"  # 'exp' or 'max'
 _C.LOSS.PUSH_LOSS_FACTOR = (0.001,)
@@ -342,8 +342,8 @@ def check_config(cfg: CN, source: str = "config") -> None:
         _fail(source, "LOSS.AE_LOSS_TYPE", cfg.LOSS.AE_LOSS_TYPE, "choose 'exp' or 'max'")
     if cfg.DATASET.USE_UDP and cfg.DATASET.SCALE_AWARE_SIGMA:
         _fail(source, "DATASET.USE_UDP", True, "is not implemented with DATASET.SCALE_AWARE_SIGMA True")
-    if cfg.LOSS.HEATMAPS_LOSS_TYPE not in ("mse", "wahr"):
-        _fail(source, "LOSS.HEATMAPS_LOSS_TYPE", cfg.LOSS.HEATMAPS_LOSS_TYPE, "choose 'mse' or 'wahr'")
+    if cfg.LOSS.HEATMAPS_LOSS_TYPE not in ("mse", "wahr", "qfl"):
+        _fail(source, "LOSS.HEATMAPS_LOSS_TYPE", cfg.LOSS.HEATMAPS_LOSS_TYPE, "choose 'mse', 'wahr' or 'qfl'")
     if 1 not in [float(s) for s in cfg.TEST.SCALE_FACTOR]:
         # Tags are only taken at scale 1.0 (HigherHRNet's aggregate_results); without it there are none.
         _fail(source, "TEST.SCALE_FACTOR", list(cfg.TEST.SCALE_FACTOR), "must contain 1.0")

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ..models.pose_higher_hrnet import heatmap_probabilities
 from ..utils import distributed as du
 from ..utils.checkpoint import CheckpointError, extract_state_dict, load_file, load_pose_state_dict, save_atomic
 from ..utils.ema import ModelEMA
@@ -147,9 +148,10 @@ def _save_debug(cfg: Any, batch: tuple, outputs: list, output_dir: str, step: in
     prefix = "{}_{}".format(os.path.join(output_dir, "train"), step)
     for s, out in enumerate(outputs):
         res = cfg.DATASET.OUTPUT_SIZE[s]
-        grids = vis.save_debug_images(
-            cfg, images, heatmaps[s], masks[s], out.detach().float(), f"{prefix}_output_{res}", joints[s]
-        )
+        out = out.detach().float()
+        if cfg.LOSS.HEATMAPS_LOSS_TYPE == "qfl":  # training-mode outputs are logits: show probabilities
+            out = heatmap_probabilities(out, cfg.MODEL.NUM_JOINTS)
+        grids = vis.save_debug_images(cfg, images, heatmaps[s], masks[s], out, f"{prefix}_output_{res}", joints[s])
         if writer is not None and grids and hasattr(vis, "add_debug_images"):
             vis.add_debug_images(writer, grids, global_step, tag=f"train_debug/output_{res}")
 

@@ -7,6 +7,7 @@ official checkpoints load unchanged (see :mod:`higherpose.utils.checkpoint` for 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from typing import Any
 
@@ -20,6 +21,15 @@ logger = logging.getLogger(__name__)
 _DECONV_PADDING = {4: (1, 0), 3: (1, 1), 2: (0, 0)}  # kernel -> (padding, output_padding)
 
 
+HEATMAP_PRIOR = 0.01  # initial heatmap probability under LOSS.HEATMAPS_LOSS_TYPE 'qfl'
+
+
+def heatmap_probabilities(output: torch.Tensor, num_joints: int) -> torch.Tensor:
+    """(B, C, H, W) with heatmap logits in the first ``num_joints`` channels -> the same with their
+    sigmoid (the tag channels untouched)."""
+    return torch.cat((torch.sigmoid(output[:, :num_joints]), output[:, num_joints:]), dim=1)
+
+
 class PoseHigherResolutionNet(nn.Module):
     """HRNet-W{C} with HigherHRNet heads.
 
@@ -31,6 +41,9 @@ class PoseHigherResolutionNet(nn.Module):
         super().__init__()
         extra = cfg.MODEL.EXTRA
         self.init_scheme = cfg.MODEL.get("INIT_SCHEME", "higherhrnet")
+        # LOSS.HEATMAPS_LOSS_TYPE 'qfl' trains the heatmap channels as logits; in eval mode the model
+        # returns their sigmoid, so grouping, the demo and ONNX see probabilities as with 'mse'.
+        self.heatmaps_as_logits = cfg.LOSS.get("HEATMAPS_LOSS_TYPE", "mse") == "qfl"
         # HigherHRNet hard-codes the stem width (64) and layer1 (4 Bottlenecks of 64 planes) and ignores
         # STEM_INPLANES / STAGE1. We honour STEM_INPLANES and the optional STAGE1.NUM_BLOCKS /
         # NUM_CHANNELS so tiny CPU configs can shrink the stem, which dominates a narrow HRNet's cost;
@@ -208,6 +221,8 @@ class PoseHigherResolutionNet(nn.Module):
             x = self.deconv_layers[i](x)
             y = self.final_layers[i + 1](x)
             final_outputs.append(y)
+        if self.heatmaps_as_logits and not self.training:  # the deconv branch above took the logits
+            final_outputs = [heatmap_probabilities(o, self.num_joints) for o in final_outputs]
         return final_outputs
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -239,6 +254,11 @@ class PoseHigherResolutionNet(nn.Module):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.constant_(m.weight, 1)
                 nn.init.constant_(m.bias, 0)
+        if self.heatmaps_as_logits:
+            # Focal-loss prior (Lin et al.): every heatmap starts at probability 0.01, so the first
+            # steps are not spent pushing the whole background from 0.5 down.
+            for layer in self.final_layers:
+                nn.init.constant_(layer.bias[: self.num_joints], -math.log((1 - HEATMAP_PRIOR) / HEATMAP_PRIOR))
 
     def init_weights(self, pretrained: str = "", verbose: bool = True) -> None:
         """Reset all weights, then load the layers named in ``PRETRAINED_LAYERS`` from an ImageNet

@@ -118,6 +118,26 @@ def test_heatmap_loss_wahr_weights():
         HeatmapLoss("l1")
 
 
+def test_heatmap_loss_qfl_is_focal_weighted_cross_entropy_on_logits():
+    """GFL's quality focal loss, element by element: -(g log p + (1 - g) log(1 - p)) |p - g|^2, p = sigmoid."""
+    logits = torch.tensor([[[[-3.0, 0.5], [2.0, -1.0]]]], dtype=torch.float64)
+    gt = torch.tensor([[[[0.0, 0.3], [1.0, 0.5]]]], dtype=torch.float64)
+    mask = torch.tensor([[[1.0, 1.0], [1.0, 0.0]]], dtype=torch.float64)
+    p = torch.sigmoid(logits)
+    bce = -(gt * torch.log(p) + (1 - gt) * torch.log(1 - p))
+    want = (bce * (p - gt) ** 2 * mask[:, None]).sum(dim=(1, 2, 3)) / 4  # masked pixels count, as 'mse'
+    torch.testing.assert_close(HeatmapLoss("qfl")(logits, gt, mask), want)
+    # A prediction equal to its target costs nothing, whatever the target's value.
+    exact = torch.logit(torch.tensor([[[[0.2, 0.7]]]], dtype=torch.float64))
+    assert HeatmapLoss("qfl")(exact, torch.sigmoid(exact), torch.ones(1, 1, 2)).item() < 1e-12
+    # The same error costs less on the background than a missed peak of the same size.
+    background = HeatmapLoss("qfl")(
+        torch.logit(torch.full((1, 1, 1, 1), 0.3)), torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1)
+    )
+    peak = HeatmapLoss("qfl")(torch.logit(torch.full((1, 1, 1, 1), 0.7)), torch.ones(1, 1, 1, 1), torch.ones(1, 1, 1))
+    torch.testing.assert_close(background, peak)  # symmetric in (p, g) <-> (1 - p, 1 - g)
+
+
 def test_multi_loss_factory_stages_offsets_factors():
     cfg = load_cfg(TINY_HRNET, "LOSS.PUSH_LOSS_FACTOR", "[0.5, 0.001]", "LOSS.PULL_LOSS_FACTOR", "[0.25, 0.001]")
     k = cfg.MODEL.NUM_JOINTS

@@ -99,3 +99,26 @@ def test_missing_pretrained_file_is_a_clear_error() -> None:
     cfg = load_cfg(TINY_HRNET, "MODEL.PRETRAINED", "/nowhere/hrnet_w32.pth")
     with pytest.raises(FileNotFoundError, match="/nowhere/hrnet_w32.pth"):
         build_model(cfg, is_train=True)
+
+
+def test_qfl_heatmaps_are_logits_in_training_and_probabilities_in_eval() -> None:
+    torch.manual_seed(0)
+    cfg = load_cfg(TINY_HRNET, "LOSS.HEATMAPS_LOSS_TYPE", "qfl", "MODEL.INIT_SCHEME", "kaiming")
+    model = build_model(cfg, is_train=True)
+    k = cfg.MODEL.NUM_JOINTS
+    x = torch.randn(2, 3, 64, 64)
+    model.train()
+    train_out = model(x)
+    assert all(o[:, :k].max() < 0 for o in train_out)  # logits near the prior's -4.6 at init
+    model.eval()
+    with torch.no_grad():
+        probs = model(x)
+        model.heatmaps_as_logits = False
+        logits = model(x)
+    for p, z in zip(probs, logits):
+        torch.testing.assert_close(p[:, :k], torch.sigmoid(z[:, :k]))
+        torch.testing.assert_close(p[:, k:], z[:, k:])  # tags untouched
+    # The focal prior: every heatmap starts near probability 0.01.
+    for p in probs:
+        torch.testing.assert_close(p[:, :k].mean(), torch.tensor(0.01), atol=2e-3, rtol=0)
+    assert not build_model(load_cfg(TINY_HRNET), is_train=False).heatmaps_as_logits
