@@ -19,7 +19,6 @@ import logging
 import os
 import random
 
-import cv2
 import numpy as np
 import torch
 import torch.utils.data
@@ -94,10 +93,7 @@ def build_test_dataset(cfg) -> CocoDataset:
 
 
 def worker_init_fn(worker_id: int) -> None:
-    """Give each DataLoader worker its own augmentation stream (see the module docstring), and one
-    OpenCV thread: the workers already run in parallel, and OpenCV's own thread pool in each of them
-    would compete with the training process for the same cores (PyTorch sets 1 torch thread here)."""
-    cv2.setNumThreads(1)
+    """Give each DataLoader worker its own augmentation stream (see the module docstring)."""
     info = torch.utils.data.get_worker_info()
     seed = torch.initial_seed()  # base_seed + worker_id, drawn anew by the loader every epoch
     np.random.seed(seed % 2**32)  # noqa: NPY002 (legacy global generator, for any code still using it)

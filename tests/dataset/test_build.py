@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from higherpose.dataset.build import build_dataset, make_dataloader, make_test_dataloader, worker_init_fn
+from higherpose.dataset.build import build_dataset, make_dataloader, make_test_dataloader
 from tests.conftest import TINY_HRNET, load_cfg
 
 
@@ -69,24 +69,6 @@ def test_workers_draw_different_augmentations(coco_sample) -> None:
     # The real loader with workers reproduces for a fixed seed.
     one, two = (_epoch(make_dataloader(cfg)) for _ in range(2))
     assert all(torch.equal(p, q) for p, q in zip(one, two))
-
-
-class _OpenCVThreads(torch.utils.data.Dataset):
-    def __len__(self) -> int:
-        return 2
-
-    def __getitem__(self, index: int) -> int:
-        import cv2
-
-        return cv2.getNumThreads()
-
-
-def test_workers_run_opencv_on_one_thread() -> None:
-    # The workers are the parallelism: OpenCV pools inside them would fight the training process.
-    loader = torch.utils.data.DataLoader(
-        _OpenCVThreads(), batch_size=None, num_workers=1, worker_init_fn=worker_init_fn
-    )
-    assert list(loader) == [1, 1]
 
 
 def _reseed_subset(worker_id: int) -> None:
