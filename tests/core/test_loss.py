@@ -150,7 +150,8 @@ def test_multi_loss_factory_stages_offsets_factors():
     joints = [random_joints(b, 30, k, 8, [2, 0, 4]), random_joints(b, 30, k, 16, [2, 0, 4])]
     hm, push, pull = factory(outputs, heatmaps, masks, joints)
     assert push[1] is None and pull[1] is None and all(h.shape == (b,) for h in hm)
-    torch.testing.assert_close(hm[0], HeatmapLoss()(outputs[0][:, :k], heatmaps[0], masks[0]))
+    want = HeatmapLoss(cfg.LOSS.HEATMAPS_LOSS_TYPE)(outputs[0][:, :k], heatmaps[0], masks[0])  # the YAML's type
+    torch.testing.assert_close(hm[0], want)
     ref_push, ref_pull = loop_ae_loss(outputs[0][:, k:].reshape(b, -1, 1), joints[0], "exp")
     torch.testing.assert_close(push[0], ref_push * 0.5)
     torch.testing.assert_close(pull[0], ref_pull * 0.25)

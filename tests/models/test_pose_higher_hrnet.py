@@ -61,7 +61,8 @@ def test_w32_output_shapes(w32: PoseHigherResolutionNet, h: int, w: int) -> None
 
 
 def test_tiny_model_trains_from_official_init() -> None:
-    cfg = load_cfg(TINY_HRNET, "MODEL.INIT_SCHEME", "higherhrnet")
+    # HigherHRNet's init throughout: MSE heatmaps (the tiny YAML's qfl would set the focal prior biases).
+    cfg = load_cfg(TINY_HRNET, "MODEL.INIT_SCHEME", "higherhrnet", "LOSS.HEATMAPS_LOSS_TYPE", "mse")
     model = build_model(cfg, is_train=True)
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert all(abs(float(m.weight.detach().std()) - 0.001) < 0.0005 for m in convs if m.weight.numel() > 1000)
@@ -121,4 +122,4 @@ def test_qfl_heatmaps_are_logits_in_training_and_probabilities_in_eval() -> None
     # The focal prior: every heatmap starts near probability 0.01.
     for p in probs:
         torch.testing.assert_close(p[:, :k].mean(), torch.tensor(0.01), atol=2e-3, rtol=0)
-    assert not build_model(load_cfg(TINY_HRNET), is_train=False).heatmaps_as_logits
+    assert not build_model(load_cfg(TINY_HRNET, "LOSS.HEATMAPS_LOSS_TYPE", "mse"), is_train=False).heatmaps_as_logits
