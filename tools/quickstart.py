@@ -1,6 +1,6 @@
 """The quick start: from nothing to a trained higher_pose model, its AP table and pose pictures.
 
-    python tools/quickstart.py            # what `make quickstart` runs (about 15 minutes on 2 CPU cores)
+    python tools/quickstart.py            # what `make quickstart` runs (15-20 minutes on 2 CPU cores)
     python tools/quickstart.py --nproc 2  # train with two gloo DDP processes (see the README's tuning table)
     python tools/quickstart.py --smoke    # a 1-minute smoke run of the same steps (used by the tests)
 
