@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..models.pose_higher_hrnet import heatmap_probabilities
+from ..models.pose_higher_hrnet import heatmap_probabilities, heatmaps_are_logits
 from ..utils import distributed as du
 from ..utils.checkpoint import CheckpointError, extract_state_dict, load_file, load_pose_state_dict, save_atomic
 from ..utils.ema import ModelEMA
@@ -149,7 +149,7 @@ def _save_debug(cfg: Any, batch: tuple, outputs: list, output_dir: str, step: in
     for s, out in enumerate(outputs):
         res = cfg.DATASET.OUTPUT_SIZE[s]
         out = out.detach().float()
-        if cfg.LOSS.HEATMAPS_LOSS_TYPE == "qfl":  # training-mode outputs are logits: show probabilities
+        if heatmaps_are_logits(cfg):  # training-mode outputs are logits: show probabilities
             out = heatmap_probabilities(out, cfg.MODEL.NUM_JOINTS)
         grids = vis.save_debug_images(cfg, images, heatmaps[s], masks[s], out, f"{prefix}_output_{res}", joints[s])
         if writer is not None and grids and hasattr(vis, "add_debug_images"):

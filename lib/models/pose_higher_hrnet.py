@@ -24,6 +24,11 @@ _DECONV_PADDING = {4: (1, 0), 3: (1, 1), 2: (0, 0)}  # kernel -> (padding, outpu
 HEATMAP_PRIOR = 0.01  # initial heatmap probability under LOSS.HEATMAPS_LOSS_TYPE 'qfl'
 
 
+def heatmaps_are_logits(cfg: Any) -> bool:
+    """Whether the config's heatmap loss trains the heatmap channels as logits ('qfl')."""
+    return cfg.LOSS.get("HEATMAPS_LOSS_TYPE", "mse") == "qfl"
+
+
 def heatmap_probabilities(output: torch.Tensor, num_joints: int) -> torch.Tensor:
     """(B, C, H, W) with heatmap logits in the first ``num_joints`` channels -> the same with their
     sigmoid (the tag channels untouched)."""
@@ -43,7 +48,7 @@ class PoseHigherResolutionNet(nn.Module):
         self.init_scheme = cfg.MODEL.get("INIT_SCHEME", "higherhrnet")
         # LOSS.HEATMAPS_LOSS_TYPE 'qfl' trains the heatmap channels as logits; in eval mode the model
         # returns their sigmoid, so grouping, the demo and ONNX see probabilities as with 'mse'.
-        self.heatmaps_as_logits = cfg.LOSS.get("HEATMAPS_LOSS_TYPE", "mse") == "qfl"
+        self.heatmaps_as_logits = heatmaps_are_logits(cfg)
         # HigherHRNet hard-codes the stem width (64) and layer1 (4 Bottlenecks of 64 planes) and ignores
         # STEM_INPLANES / STAGE1. We honour STEM_INPLANES and the optional STAGE1.NUM_BLOCKS /
         # NUM_CHANNELS so tiny CPU configs can shrink the stem, which dominates a narrow HRNet's cost;

@@ -130,7 +130,7 @@ def test_heatmap_loss_qfl_is_focal_weighted_cross_entropy_on_logits():
     # A prediction equal to its target costs nothing, whatever the target's value.
     exact = torch.logit(torch.tensor([[[[0.2, 0.7]]]], dtype=torch.float64))
     assert HeatmapLoss("qfl")(exact, torch.sigmoid(exact), torch.ones(1, 1, 2)).item() < 1e-12
-    # The same error costs less on the background than a missed peak of the same size.
+    # A false positive of 0.3 on the background costs what a peak predicted 0.3 too low does.
     background = HeatmapLoss("qfl")(
         torch.logit(torch.full((1, 1, 1, 1), 0.3)), torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1)
     )
