@@ -143,6 +143,7 @@ _C.TRAIN.CHANNELS_LAST = False  # channels_last memory format (faster on tensor-
 _C.TRAIN.WARMUP_ITERS = 0  # linear LR warm-up over the first N steps
 _C.TRAIN.EMA_DECAY = 0.0  # > 0: keep an exponential moving average of the weights; final/best = the average
 _C.TRAIN.LR_SCHEDULER = "multistep"  # 'multistep' (LR_STEP/LR_FACTOR, HigherHRNet) or 'cosine' (per step to 0)
+_C.TRAIN.TIME_BUDGET = 0.0  # > 0: train at most this many minutes; epochs are cut to fit (multistep only)
 _C.TRAIN.AE_WARMUP_ITERS = 0  # push/pull factors scaled up by AE_WARMUP_FACTOR for the first N steps
 _C.TRAIN.AE_WARMUP_FACTOR = 1.0
 
@@ -202,9 +203,26 @@ def _merge_file(cfg: CN, path: str) -> None:
         raise ConfigError(f"{path}: {err}") from None
 
 
+def _int_to_float(cfg: CN, key: str, value: Any) -> Any:
+    """``'15'`` for a float key becomes ``'15.0'``: yacs rejects an int for a float (``TRAIN.LR 1``)."""
+    node: Any = cfg
+    for part in str(key).split("."):
+        if not isinstance(node, CN) or part not in node:
+            return value  # unknown key: yacs reports it
+        node = node[part]
+    if not isinstance(node, float) or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return float(value)
+    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        return str(float(value))
+    return value
+
+
 def _merge_list(cfg: CN, opts: list[str]) -> None:
     if len(opts) % 2:
         raise ConfigError(f"command-line overrides must be KEY VALUE pairs, got {opts}")
+    opts = [v if i % 2 == 0 else _int_to_float(cfg, opts[i - 1], v) for i, v in enumerate(opts)]
     try:
         cfg.merge_from_list(opts)
     except (KeyError, AssertionError) as err:
@@ -334,6 +352,11 @@ def check_config(cfg: CN, source: str = "config") -> None:
         _fail(source, "MODEL.INIT_SCHEME", cfg.MODEL.INIT_SCHEME, "choose 'higherhrnet' or 'kaiming'")
     if cfg.TRAIN.LR_SCHEDULER not in ("multistep", "cosine"):
         _fail(source, "TRAIN.LR_SCHEDULER", cfg.TRAIN.LR_SCHEDULER, "choose 'multistep' or 'cosine'")
+    if cfg.TRAIN.TIME_BUDGET < 0:
+        _fail(source, "TRAIN.TIME_BUDGET", cfg.TRAIN.TIME_BUDGET, "must be >= 0 minutes (0 = no budget)")
+    if cfg.TRAIN.TIME_BUDGET > 0 and cfg.TRAIN.LR_SCHEDULER == "cosine":
+        # The cosine runs per step to END_EPOCH x steps; a budget changes the number of steps.
+        _fail(source, "TRAIN.TIME_BUDGET", cfg.TRAIN.TIME_BUDGET, "needs TRAIN.LR_SCHEDULER 'multistep'")
     if cfg.TRAIN.OPTIMIZER not in ("adam", "adamw", "sgd"):
         _fail(source, "TRAIN.OPTIMIZER", cfg.TRAIN.OPTIMIZER, "choose 'adam', 'adamw' or 'sgd'")
     if cfg.FP16.DTYPE not in ("float16", "bfloat16"):

@@ -30,6 +30,7 @@ from ..utils.checkpoint import CheckpointError, extract_state_dict, load_file, l
 from ..utils.ema import ModelEMA
 from ..utils.meters import AverageMeter, eta_seconds, format_seconds
 from ..utils.optim import WarmupMultiStepLR, build_scheduler, get_optimizer
+from .time_budget import EpochTimer, epoch_allowance
 
 CHECKPOINT_NAME = "checkpoint.pth"
 LEGACY_CHECKPOINT_NAME = "checkpoint.pth.tar"  # HigherHRNet's name, still accepted for resuming
@@ -54,6 +55,7 @@ class TrainState:
     best_epoch: int = -1
     nan_skipped: int = 0  # steps skipped for a non-finite loss (NAN_POLICY 'skip')
     nan_in_a_row: int = 0
+    train_seconds: float = 0.0  # wall time spent in training epochs (what TRAIN.TIME_BUDGET counts)
 
 
 def tb_tag(group: str, name: str) -> str:
@@ -189,6 +191,7 @@ def do_train(
     ``fp16`` turns on autocast with ``FP16.DTYPE``; ``scaler`` (float16) scales the loss.
     A non-finite loss raises :class:`NonFiniteLossError` (``TRAIN.NAN_POLICY 'stop'``) or skips the
     step (``'skip'``, at most :data:`MAX_NAN_IN_A_ROW` in a row); ranks agree on it, so DDP never hangs.
+    ``TRAIN.TIME_BUDGET`` ends the epoch early when its share of the budget is spent (ranks agree too).
     """
     ctx = ctx or du.DistContext()
     state = state if state is not None else TrainState(epoch=epoch)
@@ -203,14 +206,18 @@ def do_train(
     debug_freq = int(cfg.DEBUG.SAVE_FREQ) or print_freq
     want_debug = ctx.is_main and _debug_wanted(cfg)
     writer = writer_dict["writer"] if (writer_dict and ctx.is_main) else None
+    budget_s = float(cfg.TRAIN.TIME_BUDGET) * 60.0
+    timer = EpochTimer(epoch_allowance(budget_s, state.train_seconds, cfg.TRAIN.END_EPOCH - epoch))
 
     batch_time, data_time = AverageMeter(), AverageMeter()
     meters: dict[str, AverageMeter] = {}
     model.train()
     end = time.time()
     # islice: with TRAIN.ITERS_PER_EPOCH the loader is not asked for a batch it will not train on
+    steps_done = 0
     for i, (images, heatmaps, masks, joints) in enumerate(itertools.islice(data_loader, n_steps)):
         data_time.update(time.time() - end)
+        out_of_time = timer.last_step(i)
         images = images.to(device, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -225,15 +232,19 @@ def do_train(
         hm_l, push_l, pull_l = loss_factory(outputs, heatmaps, masks, joints)
         total, terms = combine_losses(hm_l, push_l, pull_l, _ae_scale(cfg, state.global_step))
 
-        # One device sync per step: every term's value (for the meters) and its finiteness, max-reduced
-        # over ranks so all ranks take the same branch below.
+        # One device sync per step: every term's value (for the meters), its finiteness and whether the
+        # time budget ends the epoch here, max-reduced over ranks so all ranks take the same branches.
         values = torch.stack([t.detach().float() for _, t in terms] + [total.detach().float()])
-        bad = (~torch.isfinite(values)).float()
-        du.all_reduce_max_(bad)
-        values_cpu, bad_cpu = values.cpu().tolist(), bad.cpu().tolist()
+        flags = torch.cat([(~torch.isfinite(values)).float(), values.new_tensor([float(out_of_time)])])
+        du.all_reduce_max_(flags)
+        values_cpu, flags_cpu = values.cpu().tolist(), flags.cpu().tolist()
+        bad_cpu, cut = flags_cpu[:-1], flags_cpu[-1] > 0
+        steps_done = i + 1
         if any(bad_cpu):
             _handle_nonfinite(cfg, terms, values_cpu, bad_cpu, epoch, i, n_steps, state, ctx, logger, optimizer)
             end = time.time()
+            if cut:
+                break
             continue
         state.nan_in_a_row = 0
 
@@ -260,11 +271,14 @@ def do_train(
         meters.setdefault("loss", AverageMeter()).update(values_cpu[-1], images.size(0))
         batch_time.update(time.time() - end)
 
-        last = i == n_steps - 1
+        last = i == n_steps - 1 or cut
         if ctx.is_main and (i % print_freq == 0 or last):
             lr = optimizer.param_groups[0]["lr"]
             speed = images.size(0) * ctx.world_size / max(batch_time.val, 1e-9)
             epoch_eta, run_eta = eta_seconds(batch_time.avg, n_steps - i - 1, epochs_after, n_steps)
+            if budget_s > 0:
+                epoch_eta = 0.0 if cut else min(epoch_eta, timer.time_left())
+                run_eta = min(run_eta, max(0.0, budget_s - state.train_seconds - timer.elapsed()))
             parts = " ".join(f"{name}: {m.val:.3e} ({m.avg:.3e})" for name, m in meters.items() if name != "loss")
             logger.info(
                 f"Epoch: [{epoch}][{i}/{n_steps}] Time {batch_time.val:.3f}s ({batch_time.avg:.3f}s) "
@@ -282,6 +296,15 @@ def do_train(
         if want_debug and (i % debug_freq == 0):
             _save_debug(cfg, (images, heatmaps, masks, joints), outputs, output_dir, i, writer, state.global_step)
         end = time.time()
+        if cut:
+            break
+    state.train_seconds += timer.elapsed()
+    if budget_s > 0 and ctx.is_main:
+        logger.info(
+            f"=> TRAIN.TIME_BUDGET: epoch {epoch} trained {steps_done} of {n_steps} steps in "
+            f"{format_seconds(timer.elapsed())}; {format_seconds(state.train_seconds)} of "
+            f"{format_seconds(budget_s)} used"
+        )
     return {name: m.avg for name, m in meters.items()}
 
 
@@ -515,6 +538,11 @@ def fit(
             f"{steps_per_epoch(cfg, data_loader)} steps/epoch, "
             f"amp {'off' if not fp16 else str(amp_dtype).replace('torch.', '')}, output {output_dir}"
         )
+        if cfg.TRAIN.TIME_BUDGET > 0:
+            logger.info(
+                f"=> TRAIN.TIME_BUDGET {cfg.TRAIN.TIME_BUDGET:g} min ({format_seconds(state.train_seconds)} used): "
+                f"each epoch gets an equal share of the time left and stops early when it is spent"
+            )
 
     # What is validated and saved as model_best / final_state: the weight average when TRAIN.EMA_DECAY > 0.
     eval_model = ema.module if ema is not None else model

@@ -49,6 +49,15 @@ def test_overrides_and_data_dir(tmp_path: Path) -> None:
     assert cfg.MODEL.PRETRAINED == str(tmp_path / "models/pytorch/imagenet/hrnet_w32-36af842e.pth")
 
 
+def test_integer_for_a_float_key_is_taken_as_float() -> None:
+    # yacs alone rejects `TRAIN.LR 1` (int vs float); a user typing minutes or a round LR should not care
+    cfg = load_cfg(TINY_HRNET, "TRAIN.LR", "1", "TRAIN.TIME_BUDGET", 15)
+    assert cfg.TRAIN.LR == 1.0 and isinstance(cfg.TRAIN.LR, float)
+    assert cfg.TRAIN.TIME_BUDGET == 15.0 and isinstance(cfg.TRAIN.TIME_BUDGET, float)
+    with pytest.raises(ConfigError, match="TRAIN.LR"):
+        load_cfg(TINY_HRNET, "TRAIN.LR", "fast")
+
+
 def _write(tmp_path: Path, text: str, base: Path = TINY_HRNET) -> Path:
     path = tmp_path / "bad.yaml"
     path.write_text(base.read_text() + text)
@@ -90,6 +99,8 @@ def test_odd_override_list_fails() -> None:
         (("FP16.DTYPE", "float8"), ("FP16.DTYPE", "float8")),
         (("LOSS.HEATMAPS_LOSS_TYPE", "l1"), ("LOSS.HEATMAPS_LOSS_TYPE", "l1")),
         (("DATASET.SCALE_AWARE_SIGMA", "True"), ("DATASET.USE_UDP", "SCALE_AWARE_SIGMA")),
+        (("TRAIN.TIME_BUDGET", "-1"), ("TRAIN.TIME_BUDGET", "-1.0")),
+        (("TRAIN.TIME_BUDGET", "15", "TRAIN.LR_SCHEDULER", "cosine"), ("TRAIN.TIME_BUDGET", "multistep")),
     ],
 )
 def test_inconsistent_values_fail_by_name(opts: tuple[str, str], names: tuple[str, str]) -> None:

@@ -434,3 +434,34 @@ def tensorboard_tags(folder) -> set[str]:
             tags |= {v.tag for v in event.summary.value}
             pos += 12 + length + 4
     return tags
+
+
+def test_time_budget_cuts_epochs_keeps_schedule_and_resumes(coco_sample, tmp_path, monkeypatch):
+    from higherpose.core import time_budget
+
+    # A slow machine: every clock reading is 10 s later. Budget 0.5 min for 2 epochs: epoch 0 may use
+    # 15 s and stops after its second step (after the first, one more step of >= 10 s would end past
+    # 15 s); that spends the 30 s, so epoch 1 takes the one step every epoch takes. Without the
+    # budget each epoch takes all 4 images at batch 1.
+    now = [0.0]
+
+    def slow_clock() -> float:
+        now[0] += 10.0
+        return now[0]
+
+    monkeypatch.setattr(time_budget, "_clock", slow_clock)
+    opts = ["TRAIN.IMAGES_PER_GPU", 1, "TRAIN.END_EPOCH", 2, "AUTO_RESUME", True]
+    full = run_fit(sample_cfg(coco_sample, *opts), tmp_path / "full")
+    assert full.global_step == 8 and full.train_seconds > 0
+    budgeted = run_fit(sample_cfg(coco_sample, *opts, "TRAIN.TIME_BUDGET", 0.5), tmp_path / "budget")
+    assert budgeted.epoch == 2 and budgeted.global_step == 3
+    ckpt = load_file(str(tmp_path / "budget" / T.CHECKPOINT_NAME))
+    assert ckpt["train_state"]["train_seconds"] == pytest.approx(budgeted.train_seconds)
+    assert budgeted.train_seconds >= 30.0  # the fake clock's time, spent
+    # LR_STEP [1]: the last epoch still ran at LR x 0.1 (the schedule is the config's, only shorter)
+    assert ckpt["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.003 * 0.1)
+    assert os.path.isfile(tmp_path / "budget" / T.FINAL_NAME)
+    # resumed with one more epoch: the spent budget comes from the checkpoint, the new epoch takes one step
+    more = ["TRAIN.TIME_BUDGET", 0.5, "TRAIN.END_EPOCH", 3]
+    resumed = run_fit(sample_cfg(coco_sample, *opts, *more), tmp_path / "budget")
+    assert resumed.epoch == 3 and resumed.global_step == 4 and resumed.train_seconds > budgeted.train_seconds

@@ -23,6 +23,9 @@ def test_quickstart_smoke(tmp_path: Path) -> None:
     assert quickstart.main(["--smoke", "--output", str(out), "--data", str(tmp_path / "data")]) == 0
     summary = json.loads((out / "quickstart_summary.json").read_text())
     assert Path(summary["weights"]).name == "final_state.pth"
+    assert summary["train_steps"] == 3  # the smoke schedule; the default 15-minute budget does not cut it
+    log = next(out.rglob("train_*rank0.log")).read_text()
+    assert "TRAIN.TIME_BUDGET 15 min" in log and "trained 3 of 3 steps" in log
     assert set(summary["metrics"]) >= {"AP", "Ap .5", "AP .75", "AR"}
     # -1 is COCOeval's value for an area range without ground truth (no large person in 4 images)
     assert all(0.0 <= v <= 1.0 or v == -1.0 for v in summary["metrics"].values())
