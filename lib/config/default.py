@@ -180,7 +180,7 @@ _C.DEBUG.SAVE_BATCH_IMAGES_PRED = False
 _C.DEBUG.SAVE_HEATMAPS_GT = True
 _C.DEBUG.SAVE_HEATMAPS_PRED = True
 _C.DEBUG.SAVE_TAGMAPS_PRED = True
-_C.DEBUG.SAVE_FREQ = 0  # NEW: save debug grids every N training steps (0 = every PRINT_FREQ)
+_C.DEBUG.SAVE_FREQ = 0  # NEW: debug grids at the steps of each epoch that are multiples of N (0 = PRINT_FREQ)
 
 MODEL_NAMES = ("pose_higher_hrnet", "higher_pose")
 TRAIN_DATASETS = ("coco_kpt", "crowd_pose_kpt", "custom_kpt")
