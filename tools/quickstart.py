@@ -2,7 +2,7 @@
 
     python tools/quickstart.py              # what `make quickstart` runs (at most 15 minutes of training)
     python tools/quickstart.py --minutes 0  # the config's whole schedule (2,800 steps), however long it takes
-    python tools/quickstart.py --nproc 2    # train with two gloo DDP processes (see the README's tuning table)
+    python tools/quickstart.py --nproc 2    # train with two gloo DDP processes (see docs/quickstart_tuning.md)
     python tools/quickstart.py --smoke      # a 1-minute smoke run of the same steps (used by the tests)
 
 Steps, each an ordinary project command printed before it runs, so you can re-run any of them:
@@ -29,7 +29,7 @@ SMOKE_TRAIN = ["TRAIN.END_EPOCH", "1", "TRAIN.ITERS_PER_EPOCH", "3", "TRAIN.IMAG
 SMOKE_TRAIN += ["PRINT_FREQ", "1", "TRAIN.WARMUP_ITERS", "0"]
 # One process: the tiny YAMLs' schedule counts epochs of one process's batch 4. Two gloo processes of
 # one thread each train 1.2x more images per second on 2 cores, at a global batch of 8; within the
-# same 15 minutes that did not give a higher AP (README, quick-start tuning).
+# same 15 minutes that did not give a higher AP (docs/quickstart_tuning.md).
 DEFAULT_NPROC = 1
 # The issue's promise to a newcomer: at most 15 minutes of training (the whole command: about 17 minutes).
 DEFAULT_MINUTES = 15.0
