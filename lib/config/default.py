@@ -104,7 +104,7 @@ _C.DATASET.OUTPUT_SIZE = [128, 256, 512]
 _C.DATASET.FLIP = 0.5
 
 # heatmap generator (default is OUTPUT_SIZE/64)
-_C.DATASET.SIGMA = -1
+_C.DATASET.SIGMA = -1.0  # a float (HigherHRNet: -1, an int, so yacs refused `SIGMA: 1.5`); `SIGMA: 2` still merges
 _C.DATASET.SCALE_AWARE_SIGMA = False
 _C.DATASET.BASE_SIZE = 256.0
 _C.DATASET.BASE_SIGMA = 2.0
@@ -191,11 +191,26 @@ class ConfigError(ValueError):
     """A configuration value or key is wrong; the message names it."""
 
 
+def _ints_to_floats(defaults: CN, loaded: CN) -> None:
+    """In place: an int in ``loaded`` where ``defaults`` holds a float becomes that float (``SIGMA: 2``)."""
+    for key, value in loaded.items():
+        if key not in defaults:
+            continue  # unknown key: yacs reports it
+        default = defaults[key]
+        if isinstance(default, CN) and isinstance(value, CN):
+            _ints_to_floats(default, value)
+        elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            loaded[key] = float(value)
+
+
 def _merge_file(cfg: CN, path: str) -> None:
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
     try:
-        cfg.merge_from_file(path)
+        with open(path) as f:
+            loaded = cfg.load_cfg(f)
+        _ints_to_floats(cfg, loaded)
+        cfg.merge_from_other_cfg(loaded)
     except KeyError as err:
         # yacs says "Non-existent config key: X"; add the file so the user knows where to look.
         raise ConfigError(f"{path}: {err.args[0]}") from None

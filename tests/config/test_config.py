@@ -58,6 +58,21 @@ def test_integer_for_a_float_key_is_taken_as_float() -> None:
         load_cfg(TINY_HRNET, "TRAIN.LR", "fast")
 
 
+def test_yaml_integer_for_a_float_key_and_a_fractional_sigma(tmp_path: Path) -> None:
+    # HigherHRNet's YAMLs write `SIGMA: 2` (an int); yacs alone would then refuse `SIGMA: 1.5` or an int
+    # in a YAML for a float key such as `LR: 1`. Both merge here, as floats.
+    assert load_cfg(TINY_HRNET).DATASET.SIGMA == 2.0
+    assert isinstance(load_cfg(TINY_HRNET).DATASET.SIGMA, float)
+    assert load_cfg(TINY_HRNET, "DATASET.SIGMA", "1.5").DATASET.SIGMA == 1.5
+    assert isinstance(load_cfg(TINY_HRNET).TEST.NMS_KERNEL, int)  # int keys stay ints
+    path = tmp_path / "sigma.yaml"
+    text = TINY_HRNET.read_text().replace("SIGMA: 2", "SIGMA: 1.5").replace("LR: 0.003", "LR: 1")
+    path.write_text(text)
+    cfg = load_cfg(path)
+    assert cfg.DATASET.SIGMA == 1.5
+    assert cfg.TRAIN.LR == 1.0 and isinstance(cfg.TRAIN.LR, float)
+
+
 def _write(tmp_path: Path, text: str, base: Path = TINY_HRNET) -> Path:
     path = tmp_path / "bad.yaml"
     path.write_text(base.read_text() + text)
