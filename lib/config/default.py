@@ -192,7 +192,8 @@ class ConfigError(ValueError):
 
 
 def _ints_to_floats(defaults: CN, loaded: CN) -> None:
-    """In place: an int in ``loaded`` where ``defaults`` holds a float becomes that float (``SIGMA: 2``)."""
+    """In place: an int in ``loaded`` (a parsed YAML) where ``defaults`` holds a float becomes that float
+    (``SIGMA: 2``); :func:`_int_to_float` does the same for command-line overrides, which are strings."""
     for key, value in loaded.items():
         if key not in defaults:
             continue  # unknown key: yacs reports it
