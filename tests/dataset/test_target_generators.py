@@ -33,6 +33,13 @@ def test_joints_equal_loop_random(seed: int, tag_per_joint: bool) -> None:
     assert np.array_equal(out, joints_loop(joints, 30, 17, res, tag_per_joint))
 
 
+@pytest.mark.parametrize("udp", [False, True])
+def test_integer_sigma_equals_its_float(udp: bool) -> None:
+    # DATASET.SIGMA is a float now; HigherHRNet's YAMLs give the int 2 and must get the same targets.
+    joints = random_joints(np.random.default_rng(0), 12, 17, 64)
+    assert np.array_equal(HeatmapGenerator(64, 17, 2, udp=udp)(joints), HeatmapGenerator(64, 17, 2.0, udp=udp)(joints))
+
+
 def test_default_sigma_and_negative_coordinates() -> None:
     assert HeatmapGenerator(128, 17).sigma == 2.0
     # int() truncates toward zero: a joint at x = -0.6 lands on column 0; x = -1.0 is outside.
