@@ -1,7 +1,7 @@
 """The quick start: from nothing to a trained higher_pose model, its AP table and pose pictures.
 
     python tools/quickstart.py              # what `make quickstart` runs (at most 15 minutes of training)
-    python tools/quickstart.py --minutes 0  # the config's whole schedule (2,800 steps), however long it takes
+    python tools/quickstart.py --minutes 0  # the config's whole schedule (8,000 steps), however long it takes
     python tools/quickstart.py --nproc 2    # train with two gloo DDP processes (see docs/quickstart_tuning.md)
     python tools/quickstart.py --smoke      # a 1-minute smoke run of the same steps (used by the tests)
 
