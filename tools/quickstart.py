@@ -31,7 +31,7 @@ SMOKE_TRAIN += ["PRINT_FREQ", "1", "TRAIN.WARMUP_ITERS", "0"]
 # one thread each train 1.2x more images per second on 2 cores, at a global batch of 8; within the
 # same 15 minutes that did not give a higher AP (docs/quickstart_tuning.md).
 DEFAULT_NPROC = 1
-# The promise to a newcomer: at most 15 minutes of training (the whole command: about 17 minutes).
+# The promise to a newcomer: at most 15 minutes of training (the whole command: 14 to 17 minutes).
 DEFAULT_MINUTES = 15.0
 
 
