@@ -614,6 +614,9 @@ def fit(
                 logger.info(f"=> best validation AP {state.best_perf:.4f} at epoch {state.best_epoch} ({BEST_NAME})")
             if state.nan_skipped:
                 logger.warning(f"=> {state.nan_skipped} steps were skipped for a non-finite loss")
+        # All ranks leave together: a rank that tears its gloo group down while rank 0 is still
+        # writing final_state.pth was seen to abort ("terminate called without an active exception").
+        du.barrier()
     finally:
         if writer_dict is not None:
             writer_dict["writer"].close()
