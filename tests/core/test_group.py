@@ -220,6 +220,82 @@ def test_colliding_first_tags_stay_separate_persons():
     assert len(ref_match_by_tag(tag_k, loc_k, val_k, params)) == 1  # the official bug
 
 
+def _candidates(k: int, tags_by_joint: dict[int, list[tuple[float, ...]]]):
+    """tag_k (K, 8, L), loc_k (K, 8, 2), val_k (K, 8) with one candidate per listed tag: candidate c
+    of joint j sits at (x, y) = (10 j, c), value 0.9 - 0.01 c (all above the detection threshold)."""
+    num_tags = len(next(iter(tags_by_joint.values()))[0])
+    tag_k = np.zeros((k, 8, num_tags), np.float32)
+    loc_k = np.zeros((k, 8, 2), np.int64)
+    val_k = np.zeros((k, 8), np.float32)
+    for j, tags in tags_by_joint.items():
+        for c, t in enumerate(tags):
+            tag_k[j, c] = t
+            loc_k[j, c] = (10 * j, c)
+            val_k[j, c] = 0.9 - 0.01 * c
+    return tag_k, loc_k, val_k
+
+
+def _members(persons: np.ndarray) -> list[set[tuple[int, int]]]:
+    """Each person as the set of (joint, candidate) it holds, read back from the candidates' (x, y)."""
+    out = []
+    for person in persons:
+        held = np.nonzero(person[:, 2] > 0)[0]
+        out.append({(int(j), int(person[j, 1])) for j in held})
+    return out
+
+
+@pytest.mark.parametrize("use_val", [True, False])
+def test_tag_threshold_compares_the_raw_tag_distance(use_val):
+    """A joint joins the person whose mean tag is nearest when their distance is below TAG_THRESHOLD (1),
+    whatever the matching cost: with USE_DETECTION_VAL the cost of a 0.7 distance is round(0.7) * 100 -
+    val = 100 - val, yet the joint joins. Distances 0.3, 0.7, 0.95 join; 1.05, 1.5, 1.9 start persons."""
+    params = Params.from_cfg(_cfg("TEST.USE_DETECTION_VAL", use_val))
+    assert params.tag_threshold == 1.0
+    people = [0.0, 10.0, 20.0, 30.0, 40.0, 50.0]
+    dists = [0.3, 0.7, 0.95, 1.05, 1.5, 1.9]
+    tag_k, loc_k, val_k = _candidates(
+        params.num_joints, {0: [(t,) for t in people], 1: [(t + d,) for t, d in zip(people, dists)]}
+    )
+    persons = match_by_tag(tag_k, loc_k, val_k, params)
+    want = [{(0, 0), (1, 0)}, {(0, 1), (1, 1)}, {(0, 2), (1, 2)}, {(0, 3)}, {(0, 4)}, {(0, 5)}]
+    want += [{(1, 3)}, {(1, 4)}, {(1, 5)}]
+    assert _members(persons) == want
+    np.testing.assert_array_equal(persons, ref_match_by_tag(tag_k, loc_k, val_k, params))
+
+
+def test_tag_distance_is_euclidean_over_all_tag_channels():
+    """Two tag channels (image and flip): (0.6, 0.6) away is 0.85 < 1 (joins), (0.8, 0.8) is 1.13 (does
+    not), though each channel alone is under 1."""
+    params = Params.from_cfg(_cfg())
+    tag_k, loc_k, val_k = _candidates(params.num_joints, {0: [(0.0, 0.0), (10.0, 10.0)], 1: [(0.6, 0.6), (10.8, 10.8)]})
+    persons = match_by_tag(tag_k, loc_k, val_k, params)
+    assert _members(persons) == [{(0, 0), (1, 0)}, {(0, 1)}, {(1, 1)}]
+
+
+def test_person_tag_is_the_mean_of_its_joints_tags():
+    """Person A: tags 0 then 0.9 (mean 0.45); person B: tags 10 then 10.9 (mean 10.45). A third joint
+    at 1.4 is 0.95 from A's mean (joins; 1.4 from A's first tag), one at 9.55 is 0.9 from B's mean
+    (joins; 1.35 from B's last tag)."""
+    params = Params.from_cfg(_cfg())
+    tag_k, loc_k, val_k = _candidates(
+        params.num_joints, {0: [(0.0,), (10.0,)], 1: [(0.9,), (10.9,)], 2: [(1.4,), (9.55,)]}
+    )
+    persons = match_by_tag(tag_k, loc_k, val_k, params)
+    assert _members(persons) == [{(0, 0), (1, 0), (2, 0)}, {(0, 1), (1, 1), (2, 1)}]
+
+
+def test_detection_threshold_and_max_people():
+    """Candidates below TEST.DETECTION_THRESHOLD are ignored; with IGNORE_TOO_MUCH a joint is not
+    matched once MAX_NUM_PEOPLE persons exist."""
+    params = Params.from_cfg(_cfg("TEST.DETECTION_THRESHOLD", 0.85))
+    tag_k, loc_k, val_k = _candidates(params.num_joints, {0: [(0.0,), (5.0,), (9.0,)], 1: [(0.1,)]})
+    val_k[0] = (0.9, 0.84, 0.86, 0, 0, 0, 0, 0)
+    assert _members(match_by_tag(tag_k, loc_k, val_k, params)) == [{(0, 0), (1, 0)}, {(0, 2)}]
+    params = Params.from_cfg(_cfg("DATASET.MAX_NUM_PEOPLE", 2, "TEST.IGNORE_TOO_MUCH", True))
+    tag_k, loc_k, val_k = _candidates(params.num_joints, {0: [(0.0,), (5.0,)], 1: [(0.1,)]})
+    assert _members(match_by_tag(tag_k, loc_k, val_k, params)) == [{(0, 0)}, {(0, 1)}]
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_adjust_equals_loop(seed):
     parser = HeatmapParser(_cfg())

@@ -9,7 +9,14 @@ import pytest
 
 from higherpose.dataset.target_generators import HeatmapGenerator, JointsGenerator, ScaleAwareHeatmapGenerator
 
-from .reference_targets import heatmaps_loop, joints_loop, joints_official, random_joints
+from .reference_targets import (
+    border_joints,
+    heatmaps_loop,
+    heatmaps_udp_loop,
+    joints_loop,
+    joints_official,
+    random_joints,
+)
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -20,6 +27,36 @@ def test_heatmaps_equal_loop_random(seed: int, res: int, sigma: float) -> None:
     assert np.array_equal(HeatmapGenerator(res, 17, sigma)(joints), heatmaps_loop(joints, res, 17, sigma))
     # Scale-aware: per-person σ in column 3; the 3-argument call of HigherHRNet's build works too.
     assert np.array_equal(ScaleAwareHeatmapGenerator(res, 17, sigma)(joints), heatmaps_loop(joints, res, 17, None))
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("res,sigma", [(32, 1.0), (32, 2.0), (64, 1.5), (48, 0.7)])
+def test_udp_heatmaps_equal_pixel_loop(seed: int, res: int, sigma: float) -> None:
+    """DATASET.USE_UDP targets against their definition evaluated pixel by pixel, on random joints and on
+    joints at every border (half a pixel inside and outside the first and last row and column)."""
+    rng = np.random.default_rng(seed)
+    for joints in (random_joints(rng, int(rng.integers(1, 30)), 17, res), border_joints(rng, 17, res)):
+        got = HeatmapGenerator(res, 17, sigma, udp=True)(joints)
+        want = heatmaps_udp_loop(joints, res, 17, sigma)
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+        assert np.array_equal(got > 0, want > 0)  # the same support: nothing wraps across a border
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_plain_heatmaps_equal_loop_at_the_borders(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    joints = border_joints(rng, 17, 32)
+    assert np.array_equal(HeatmapGenerator(32, 17, 2.0)(joints), heatmaps_loop(joints, 32, 17, 2.0))
+
+
+@pytest.mark.parametrize("udp", [False, True])
+@pytest.mark.parametrize("seed", range(3))
+def test_joints_equal_loop_at_the_borders(seed: int, udp: bool) -> None:
+    rng = np.random.default_rng(seed)
+    for joints in (border_joints(rng, 17, 32), random_joints(rng, 20, 17, 32)):
+        for tpj in (True, False):
+            got = JointsGenerator(30, 17, 32, tpj, udp=udp)(joints)
+            assert np.array_equal(got, joints_loop(joints, 30, 17, 32, tpj, udp=udp))
 
 
 @pytest.mark.parametrize("tag_per_joint", [True, False])

@@ -54,3 +54,46 @@ def test_scalar_scale_and_rotation():
     t = get_affine_transform(np.array([100.0, 100.0]), 1.0, 90, (200, 200))
     # rotating by 90 degrees about the centre maps the centre to the output centre
     np.testing.assert_allclose(affine_transform([100, 100], t), [100, 100], atol=1e-4)
+    # Hand-computed: with a factor of 1, a point 50 px right of the centre goes 50 px up (rot = +90 turns
+    # the box counter-clockwise on the screen, so its content turns clockwise in the output).
+    np.testing.assert_allclose(affine_transform([150, 100], t), [100, 50], atol=1e-4)
+    np.testing.assert_allclose(affine_transform([100, 150], t), [150, 100], atol=1e-4)
+
+
+def _closed_form(center, scale_px, rot_deg, size, shift=(0.0, 0.0)):
+    """dst = size / 2 + (w / scale_px) * R(-rot) (src - (center + scale_px * shift)), R(a) the rotation
+    [[cos a, -sin a], [sin a, cos a]]: HigherHRNet's three point pairs solved by hand. (2, 3)."""
+    a = np.deg2rad(rot_deg)
+    k = size[0] / scale_px[0]
+    lin = k * np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]])
+    origin = np.asarray(center, float) + np.asarray(scale_px, float) * np.asarray(shift, float)
+    return np.concatenate([lin, (np.array(size, float) / 2 - lin @ origin)[:, None]], axis=1)
+
+
+@pytest.mark.parametrize("rot", [-30.0, -7.5, 0.0, 12.0, 30.0, 90.0, 180.0])
+def test_affine_transform_equals_closed_form_rotation(rot):
+    """Rotated points against the closed form and against OpenCV's rotation matrix (same convention:
+    positive angle = counter-clockwise on the screen), forward and inverse."""
+    import cv2
+
+    center, scale, size = np.array([140.0, 95.0]), np.array([1.3, 2.0]), (192, 256)
+    t = get_affine_transform(center, scale, rot, size)
+    want = _closed_form(center, scale * 200, rot, size)
+    np.testing.assert_allclose(t, want, rtol=0, atol=1e-3)
+    k = size[0] / (scale[0] * 200)
+    cv = cv2.getRotationMatrix2D((float(center[0]), float(center[1])), rot, k)
+    cv[:, 2] += np.array(size, float) / 2 - center
+    np.testing.assert_allclose(t, cv, rtol=0, atol=1e-3)
+    rng = np.random.default_rng(0)
+    pts = rng.uniform(0, 300, (6, 2))
+    inv = get_affine_transform(center, scale, rot, size, inv=1)
+    on_out = pts @ t[:, :2].T + t[:, 2]
+    np.testing.assert_allclose(on_out @ inv[:, :2].T + inv[:, 2], pts, atol=2e-3)
+
+
+def test_affine_transform_shift_moves_the_source_centre():
+    center, scale, size, shift = np.array([50.0, 60.0]), np.array([0.5, 0.5]), (64, 64), (0.1, -0.2)
+    t = get_affine_transform(center, scale, 20.0, size, shift=shift)
+    np.testing.assert_allclose(t, _closed_form(center, scale * 200, 20.0, size, shift), rtol=0, atol=1e-3)
+    # the shifted centre (50 + 10, 60 - 20) lands on the output centre
+    np.testing.assert_allclose(affine_transform([60.0, 40.0], t), [32, 32], atol=1e-3)
