@@ -321,6 +321,23 @@ def test_refine_equals_per_person_loop(seed, tags_l):
     np.testing.assert_array_equal(got, want)
 
 
+def test_refine_leaves_a_joint_missing_where_its_map_is_zero():
+    """A missing joint whose heatmap is 0 everywhere stays missing (value 0 at the argmax is not a
+    detection), as in the official loop; the other missing joints are filled."""
+    parser = HeatmapParser(_cfg())
+    det, tag = make_maps(4, seed=1, drop=0.5)
+    ans = parser.adjust(parser.match(**parser.top_k(det, tag)), det)[0]
+    empty = int(np.nonzero((ans[:, :, 2] == 0).any(axis=0))[0][0])  # a joint some person lacks
+    det = det.clone()
+    det[0, empty] = 0
+    missing = ans[:, empty, 2] == 0
+    want = np.stack([ref_refine(det[0].numpy(), tag[0].numpy(), p.copy()) for p in ans])
+    got = parser.refine(det[0], tag[0], ans.copy())
+    np.testing.assert_array_equal(got, want)
+    assert (got[missing, empty, 2] == 0).all() and (got[missing, empty, :2] == ans[missing, empty, :2]).all()
+    assert (got[:, :, 2] > 0).sum() > (ans[:, :, 2] > 0).sum()  # others were filled
+
+
 def test_refine_peak_shortcut_and_full_fallback_both_run(monkeypatch):
     """The pruned argmax settles most pairs; a person whose tag matches no blob falls back to the full
     map. Both paths together still equal the official per-person loop."""
@@ -370,6 +387,29 @@ def test_parse_scores_before_refine_and_empty_input():
 
     grouped, scores = parser.parse(torch.zeros(1, 17, 16, 16), torch.zeros(1, 17, 16, 16, 1))
     assert grouped[0].shape == (0, 17, 4) and scores == []
+
+
+def test_nms_keeps_only_the_largest_value_of_each_window():
+    """Hand-made map, NMS kernel 5: of two peaks 2 px apart only the larger survives; a peak 3 px from
+    a larger one survives (outside its 5x5 window); everything else becomes 0."""
+    parser = HeatmapParser(_cfg("TEST.NMS_KERNEL", 5, "TEST.NMS_PADDING", 2))
+    det = torch.zeros(1, 1, 12, 12)
+    det[0, 0, 5, 5], det[0, 0, 5, 7], det[0, 0, 5, 8] = 0.9, 0.8, 0.7  # 0.8 is 2 px from 0.9; 0.7 is 3 px
+    det[0, 0, 10, 1] = 0.3
+    det[0, 0, 5, 6] = 0.5  # a shoulder between two peaks
+    kept = parser.nms(det)
+    want = torch.zeros_like(det)
+    want[0, 0, 5, 5], want[0, 0, 10, 1] = 0.9, 0.3
+    torch.testing.assert_close(kept, want)
+
+
+@pytest.mark.parametrize("kernel,padding", [(5, 2), (3, 1), (7, 3)])
+def test_nms_equals_max_pool_suppression(kernel, padding):
+    """Random maps with ties (quantised values): det where it equals its max_pool2d window max, else 0."""
+    parser = HeatmapParser(_cfg("TEST.NMS_KERNEL", kernel, "TEST.NMS_PADDING", padding))
+    det = torch.randint(0, 6, (2, 3, 17, 23)).float() / 5
+    pooled = torch.nn.functional.max_pool2d(det, kernel, 1, padding)
+    torch.testing.assert_close(parser.nms(det), torch.where(pooled == det, det, torch.zeros_like(det)))
 
 
 def test_joint_order_comes_from_the_spec():

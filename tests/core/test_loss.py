@@ -139,10 +139,15 @@ def test_heatmap_loss_qfl_is_focal_weighted_cross_entropy_on_logits():
 
 
 def test_multi_loss_factory_stages_offsets_factors():
-    cfg = load_cfg(TINY_HRNET, "LOSS.PUSH_LOSS_FACTOR", "[0.5, 0.001]", "LOSS.PULL_LOSS_FACTOR", "[0.25, 0.001]")
+    cfg = load_cfg(
+        TINY_HRNET,
+        "LOSS.PUSH_LOSS_FACTOR", "[0.5, 0.001]",
+        "LOSS.PULL_LOSS_FACTOR", "[0.25, 0.001]",
+        "LOSS.HEATMAPS_LOSS_FACTOR", "[2.0, 0.5]",
+    )  # fmt: skip
     k = cfg.MODEL.NUM_JOINTS
     factory = MultiLossFactory(cfg)
-    assert factory.push_loss_factor == [0.5, 0.001] and factory.heatmaps_loss_factor == [1.0, 1.0]
+    assert factory.push_loss_factor == [0.5, 0.001] and factory.heatmaps_loss_factor == [2.0, 0.5]
     b = 3
     outputs = [torch.randn(b, 2 * k, 8, 8, requires_grad=True), torch.randn(b, k, 16, 16)]
     heatmaps = [torch.rand(b, k, 8, 8), torch.rand(b, k, 16, 16)]
@@ -151,7 +156,9 @@ def test_multi_loss_factory_stages_offsets_factors():
     hm, push, pull = factory(outputs, heatmaps, masks, joints)
     assert push[1] is None and pull[1] is None and all(h.shape == (b,) for h in hm)
     want = HeatmapLoss(cfg.LOSS.HEATMAPS_LOSS_TYPE)(outputs[0][:, :k], heatmaps[0], masks[0])  # the YAML's type
-    torch.testing.assert_close(hm[0], want)
+    torch.testing.assert_close(hm[0], want * 2.0)
+    want_1 = HeatmapLoss(cfg.LOSS.HEATMAPS_LOSS_TYPE)(outputs[1], heatmaps[1], masks[1])
+    torch.testing.assert_close(hm[1], want_1 * 0.5)
     ref_push, ref_pull = loop_ae_loss(outputs[0][:, k:].reshape(b, -1, 1), joints[0], "exp")
     torch.testing.assert_close(push[0], ref_push * 0.5)
     torch.testing.assert_close(pull[0], ref_pull * 0.25)

@@ -47,3 +47,15 @@ def test_udp_refine_reads_the_mean_tag_at_the_peak_pixel() -> None:
     assert tuple(truncated[0, 1, :2]) != (10.0, 20.0)
     _refine_people(det, tag, people, 2, udp=True)
     np.testing.assert_allclose(people[0, 1, :3], (10.0, 20.0, 0.6))
+
+
+def test_taylor_offsets_on_the_border_move_only_along_the_inner_axis() -> None:
+    """A peak on column 0 (the Gaussian's centre at x = 0.2) lacks its left neighbour: no x offset, and
+    the y offset is the exact 1-D Newton step of a separable Gaussian (centre y = 8.6). Same for row 0."""
+    ys, xs = np.mgrid[0:16, 0:16].astype(np.float64)
+    col_edge = np.exp(-((xs - 0.2) ** 2 / 4.0 + (ys - 8.6) ** 2 / 5.0))
+    row_edge = np.exp(-((xs - 6.7) ** 2 / 4.0 + (ys - 15.1) ** 2 / 5.0))  # peak on the last row
+    det = torch.from_numpy(np.stack([col_edge, row_edge]))
+    ox, oy = taylor_offsets(det, np.array([0, 1]), np.array([9, 15]), np.array([0, 7]))
+    assert ox[0] == 0 and oy[1] == 0
+    np.testing.assert_allclose([9 + oy[0], 7 + ox[1]], [8.6, 6.7], atol=1e-9)

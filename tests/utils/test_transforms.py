@@ -24,6 +24,10 @@ def test_multi_scale_size_official_values():
     np.testing.assert_allclose(scale, [832 / 512 * 425 / 200, 425 / 200])
     (w, h), _, _ = get_multi_scale_size(np.zeros((640, 427, 3)), 512, 2.0, 0.5)
     assert (w, h) == (1024, 1536)  # min input 256; portrait: w = 256 * 2 / 0.5
+    # An input size off the 64 grid is rounded up first: 200 -> 256 short side, 385.5 -> 448 long side.
+    (w, h), _, scale = get_multi_scale_size(image, 200, 1.0, 1.0)
+    assert (w, h) == (448, 256)
+    np.testing.assert_allclose(scale, [448 / 256 * 425 / 200, 425 / 200])
 
 
 def test_transform_preds_equals_loop():
