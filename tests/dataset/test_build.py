@@ -27,8 +27,10 @@ def _cfg(root, *opts):
 
 
 def test_train_loader_batches(coco_sample) -> None:
+    """A batch has the documented layout, and its images are the augmented pictures normalised by hand."""
     cfg = _cfg(coco_sample, "WORKERS", "0", "TRAIN.SEED", "1")
     loader = make_dataloader(cfg, is_train=True)
+    warped = _record_warped_images(loader.dataset)
     images, heatmaps, masks, joints = next(iter(loader))
     size = cfg.DATASET.INPUT_SIZE  # the training input (192 crops in the tiny YAML)
     quarter, half = size // 4, size // 2
@@ -37,7 +39,33 @@ def test_train_loader_batches(coco_sample) -> None:
     assert [m.shape for m in masks] == [(2, quarter, quarter), (2, half, half)]
     assert [j.shape for j in joints] == [(2, 30, 17, 2), (2, 30, 17, 2)] and joints[0].dtype == torch.int64
     assert abs(images.mean().item()) < 2  # normalised
+    # Each image is its augmented uint8 RGB picture scaled to [0, 1], then ImageNet-normalised per
+    # channel in RGB order: (x/255 - mean) / std.
+    assert len(warped) == 2 and all(w.shape == (size, size, 3) and w.dtype == np.uint8 for w in warped)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    for image, raw in zip(images, warped):
+        expected = (torch.from_numpy(raw.astype(np.float32) / 255).permute(2, 0, 1) - mean) / std
+        assert torch.allclose(image, expected, atol=1e-5)
     assert not loader.pin_memory or torch.cuda.is_available()
+
+
+def _record_warped_images(dataset) -> list[np.ndarray]:
+    """Wrap ``dataset.transforms`` to record, per sample, the last image the pipeline still holds as
+    an (H, W, 3) array: the augmented picture before it becomes a tensor."""
+    pipeline, recorded = dataset.transforms, []
+
+    def recording(image, masks, joints, rng):
+        last = None
+        for t in pipeline.transforms:
+            if isinstance(image, np.ndarray):
+                last = image.copy()
+            image, masks, joints = t(image, masks, joints, rng)
+        recorded.append(last)
+        return image, masks, joints
+
+    dataset.transforms = recording
+    return recorded
 
 
 def _epoch(loader) -> list[torch.Tensor]:

@@ -3,6 +3,9 @@ with its per-resolution offsets, padding masked."""
 
 from __future__ import annotations
 
+import json
+
+import cv2
 import numpy as np
 import pytest
 
@@ -44,12 +47,135 @@ def _expected_joints(ds, index: int, seed: int):
     return out
 
 
+# HigherHRNet's FLIP_CONFIG, written out here so that the expected targets do not come from the spec
+# under test.
+FLIP_INDEX = {
+    "COCO": [0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15],
+    "CROWDPOSE": [1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 12, 13],
+}
+ANNOTATIONS = {
+    "coco_sample": "annotations/person_keypoints_val2017.json",
+    "crowdpose_sample": "json/crowdpose_test.json",
+}
+
+
+class _ScriptedRng:
+    """Stands in for the dataset's ``numpy.random.Generator`` with chosen draws, so that the
+    augmentation parameters of a sample are known. HigherHRNet's order: ``random()`` for the scale,
+    ``random()`` for the rotation, ``integers(lo, hi)`` for the x then y shift, ``random()`` for the flip."""
+
+    def __init__(self, uniforms: list[float], shifts: list[int]) -> None:
+        self.uniforms, self.shifts, self.bounds = list(uniforms), list(shifts), []
+
+    def random(self) -> float:
+        return self.uniforms.pop(0)
+
+    def integers(self, lo: int, hi: int) -> int:
+        self.bounds.append((lo, hi))
+        return self.shifts.pop(0)
+
+
+def _closed_form_joints(kpts, height, width, aug_scale, rot_deg, shift, res, flip, flip_index):
+    """HigherHRNet's training augmentation of (P, K, 3) image-pixel joints, written out in closed form.
+
+    The crop is the square of side ``200·scale`` (``scale = min(H, W)/200 · aug_scale``, 'short')
+    centred at the shifted image centre; a point ``p`` goes to ``R/2 + Rot(θ)·(p - centre)·R/(200·scale)``
+    where a positive θ turns the content counter-clockwise on screen (y down): image-right goes up.
+    A flip then moves joint ``flip_index[j]`` into slot ``j`` and maps ``x → R - 1 - x``.
+    """
+    scale = min(height, width) / 200 * aug_scale
+    centre = np.array([width / 2 + shift[0], height / 2 + shift[1]])
+    d = (kpts[..., :2] - centre) * (res / (200 * scale))
+    t = np.deg2rad(rot_deg)
+    out = kpts.astype(np.float64).copy()
+    out[..., 0] = res / 2 + d[..., 0] * np.cos(t) + d[..., 1] * np.sin(t)
+    out[..., 1] = res / 2 - d[..., 0] * np.sin(t) + d[..., 1] * np.cos(t)
+    if flip:
+        out = out[:, flip_index]
+        out[..., 0] = res - 1 - out[..., 0]
+    return out
+
+
+def _closed_form_matrix(height, width, aug_scale, rot_deg, shift, res) -> np.ndarray:
+    """The (2, 3) map of :func:`_closed_form_joints` (before any flip), for warping an image."""
+    scale = min(height, width) / 200 * aug_scale
+    centre = np.array([width / 2 + shift[0], height / 2 + shift[1]])
+    t = np.deg2rad(rot_deg)
+    a = res / (200 * scale) * np.array([[np.cos(t), np.sin(t)], [-np.sin(t), np.cos(t)]])
+    return np.hstack([a, (res / 2 - a @ centre)[:, None]])
+
+
+# (u_scale, u_rot, (dx, dy)): aug_scale = 0.75 + 0.75·u_scale, rotation = (2·u_rot - 1)·30 degrees.
+SCRIPTS = [(0.2, 0.8, (7, -11)), (0.9, 0.1, (-20, 13)), (0.55, 0.37, (3, 0))]
+
+
 @pytest.mark.parametrize(
     "sample,cls,spec,split",
     [("coco_sample", CocoKeypoints, COCO, "val2017"), ("crowdpose_sample", CrowdPoseKeypoints, CROWDPOSE, "test")],
 )
 @pytest.mark.parametrize("flip", [0.0, 1.0])
 def test_peaks_and_tags_at_transformed_joints(request, sample, cls, spec, split, flip: float) -> None:
+    """With known augmentation parameters (scale, rotation, shift, flip), every heatmap peak and AE tag
+    index sits at the joint position computed in closed form from the raw annotation, per person and
+    per resolution, and nowhere else."""
+    root = request.getfixturevalue(sample)
+    ds = _dataset(root, cls, spec, split, flip)
+    raw = json.loads((root / ANNOTATIONS[sample]).read_text())
+    flip_index = FLIP_INDEX[spec.name]
+    k = spec.num_joints
+    checked = 0
+    for index, image_id in enumerate(ds.ids):
+        info = next(i for i in raw["images"] if i["id"] == image_id)
+        h, w = info["height"], info["width"]
+        persons = [a for a in raw["annotations"] if a["image_id"] == image_id]
+        persons = [a for a in persons if a["iscrowd"] == 0 or a["num_keypoints"] > 0]
+        kpts = np.array([a["keypoints"] for a in persons], np.float64).reshape(-1, k, 3)
+        for u_scale, u_rot, shift in SCRIPTS:
+            rng = _ScriptedRng([u_scale, u_rot, 0.5], list(shift))
+            ds._rng = rng  # the stream ds[index] draws its augmentation from
+            image, heatmaps, _, tags = ds[index]
+            assert not rng.uniforms and not rng.shifts  # every scripted draw used, no other
+            aug_scale, rot = 0.75 + 0.75 * u_scale, (2 * u_rot - 1) * 30
+            bound = int(40 * min(h, w) / 200 * aug_scale)
+            assert rng.bounds == [(-bound, bound)] * 2  # shift range: ±MAX_TRANSLATE·scale
+            # The input image is warped by the same closed-form map (then mirrored x → S-1-x).
+            expected = cv2.warpAffine(
+                ds.read_image(image_id), _closed_form_matrix(h, w, aug_scale, rot, shift, INPUT), (INPUT, INPUT)
+            )
+            if flip == 1.0:
+                expected = expected[:, ::-1]
+            assert np.abs(image.astype(np.int16) - expected).mean() < 0.5
+            for s, res in enumerate(OUTPUTS):
+                joints = _closed_form_joints(kpts, h, w, aug_scale, rot, shift, res, flip == 1.0, flip_index)
+                x, y = np.trunc(joints[..., 0]).astype(int), np.trunc(joints[..., 1]).astype(int)
+                # No expected joint within float noise of a pixel edge: truncation is unambiguous.
+                frac = np.abs(joints[..., :2] - np.round(joints[..., :2]))
+                assert frac[joints[..., 2] > 0].min() > 1e-6
+                ok = (joints[..., 2] > 0) & (x >= 0) & (y >= 0) & (x < res) & (y < res)
+                p, j = np.nonzero(ok)
+                peaks = {tuple(v) for v in np.argwhere(heatmaps[s] == 1.0)}
+                assert peaks == set(zip(j.tolist(), y[p, j].tolist(), x[p, j].tolist()))
+                # One AE row per person with an in-map joint, in annotation order (rows are compacted).
+                rows = [
+                    {jj * res * res + y[q, jj] * res + x[q, jj] for jj in np.flatnonzero(ok[q])}
+                    for q in range(len(persons))
+                    if ok[q].any()
+                ]
+                rows += [set()] * (len(tags[s]) - len(rows))
+                assert [set(r[r[:, 1] == 1, 0].tolist()) for r in tags[s]] == rows
+                assert [int(np.count_nonzero(r[:, 1])) for r in tags[s]] == [len(r) for r in rows]
+                checked += len(p)
+    assert checked > 100
+
+
+@pytest.mark.parametrize(
+    "sample,cls,spec,split",
+    [("coco_sample", CocoKeypoints, COCO, "val2017"), ("crowdpose_sample", CrowdPoseKeypoints, CROWDPOSE, "test")],
+)
+@pytest.mark.parametrize("flip", [0.0, 1.0])
+def test_seeded_targets_follow_the_seeded_transforms(request, sample, cls, spec, split, flip: float) -> None:
+    """A seeded sample's targets sit at its joints as the same seeded transforms move them: the
+    dataset hands its own stream to the augmentation and builds the targets from what comes out."""
     ds = _dataset(request.getfixturevalue(sample), cls, spec, split, flip)
     checked = 0
     for index in range(len(ds)):
