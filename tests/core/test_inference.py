@@ -1,6 +1,11 @@
 """Round trip on real data: perfect network outputs rendered from the ground truth of the COCO and CrowdPose
 samples go through the whole inference path (resize, flip, multi-scale, grouping, adjust, refine, inverse
-affine) and evaluate to AP >= 0.99."""
+affine) and evaluate to AP >= 0.99.
+
+The perfect outputs place the joints with HigherHRNet's image -> input mapping written out in this file
+(:func:`_official_input_affine`), not with the library's transforms, so a convention error shared by the
+library's forward resize and its back-projection does not cancel; hand-computed coordinates of a known
+image anchor both directions on their own."""
 
 from __future__ import annotations
 
@@ -21,16 +26,36 @@ from higherpose.core.inference import (
     predict_images,
 )
 from higherpose.dataset.specs import spec_from_cfg
-from higherpose.utils.transforms import get_affine_transform, get_multi_scale_size, resize_align_multi_scale
+from higherpose.utils.transforms import resize_align_multi_scale
 from tests.conftest import TINY_HRNET, load_cfg
 
 SIGMA_INPUT = 6.0  # Gaussian sigma in network-input pixels
 TAG_STEP = 3.0  # tag distance between persons (> TAG_THRESHOLD)
 
 
+def _official_input_affine(
+    image_shape: tuple[int, ...], input_size: int, current_scale: float, min_scale: float
+) -> tuple[tuple[int, int], np.ndarray]:
+    """Network-input size ``(w, h)`` and the (2, 3) image -> input matrix, written out from HigherHRNet's
+    get_multi_scale_size + get_affine_transform: centre ``(int(w/2 + 0.5), int(h/2 + 0.5))``; short side
+    ``min_input * current / min`` with ``min_input`` the smallest scale's size rounded up to 64; long side by
+    the aspect ratio, ``(v + 63) // 64 * 64``; the box is ``scale * 200`` px wide, so the isotropic factor is
+    (resized short side) / (image short side) and the centre lands on the middle of the input."""
+    h, w = image_shape[:2]
+    cx, cy = int(w / 2.0 + 0.5), int(h / 2.0 + 0.5)
+    min_input = int((min_scale * input_size + 63) // 64 * 64)
+    short, long_ = (w, h) if w < h else (h, w)
+    short_r = int(min_input * current_scale / min_scale)
+    long_r = int(int((min_input / short * long_ + 63) // 64 * 64) * current_scale / min_scale)
+    size = (short_r, long_r) if w < h else (long_r, short_r)
+    f = short_r / short
+    return size, np.array([[f, 0.0, size[0] / 2.0 - f * cx], [0.0, f, size[1] / 2.0 - f * cy]])
+
+
 class PerfectModel(nn.Module):
     """Returns HigherHRNet-shaped outputs [(B, 2K, h/4, w/4), (B, K, h/2, w/2)] rendered from the ground
-    truth of the image it recognises in its input (or in the mirrored input, as a flip-equivariant net)."""
+    truth of the image it recognises in its input (or in the mirrored input, as a flip-equivariant net).
+    The joints are mapped to the input with :func:`_official_input_affine`, independent of the library."""
 
     def __init__(self, cfg, samples: list[tuple[np.ndarray, list[dict]]]):
         super().__init__()
@@ -50,8 +75,8 @@ class PerfectModel(nn.Module):
         h, w = x.shape[1:]
         for idx, (image, _) in enumerate(self.samples):
             for s in self.scales:
-                size, _, _ = get_multi_scale_size(image, eval_input_size(self.cfg), s, min(self.scales))
-                if tuple(size) != (w, h):
+                size, _ = _official_input_affine(image.shape, eval_input_size(self.cfg), s, min(self.scales))
+                if size != (w, h):
                     continue
                 ref = _to_input(
                     [resize_align_multi_scale(image, eval_input_size(self.cfg), s, min(self.scales))[0]], x.device
@@ -64,8 +89,7 @@ class PerfectModel(nn.Module):
 
     def _render(self, idx: int, s: float, h: int, w: int, mirrored: bool = False) -> list[torch.Tensor]:
         image, anns = self.samples[idx]
-        size, center, scale = get_multi_scale_size(image, eval_input_size(self.cfg), s, min(self.scales))
-        trans = get_affine_transform(center, scale, 0, size)
+        _, trans = _official_input_affine(image.shape, eval_input_size(self.cfg), s, min(self.scales))
         people = []
         for ann in anns:
             kpts = np.asarray(ann["keypoints"], dtype=np.float64).reshape(-1, 3)
@@ -293,43 +317,134 @@ def _official_aggregate(cfg, scale_factor, final_heatmaps, tags_list, heatmaps, 
     return final_heatmaps, tags_list
 
 
-class _RandomTwoStage(nn.Module):
-    def __init__(self, k):
+class _FixedTwoStage(nn.Module):
+    """A two-stage HigherHRNet stand-in with known outputs: ``plain`` for ``image``, ``mirrored`` for
+    ``image`` flipped left-right; any other input is an error (the flip pass must mirror the width)."""
+
+    def __init__(self, image: torch.Tensor, plain: list[torch.Tensor], mirrored: list[torch.Tensor]):
         super().__init__()
-        self.conv0 = nn.Conv2d(3, 2 * k, 3, stride=4, padding=1)
-        self.conv1 = nn.Conv2d(3, k, 3, stride=2, padding=1)
+        self.image, self.plain, self.mirrored = image, plain, mirrored
 
     def forward(self, x):
-        return [self.conv0(x), self.conv1(x)]
+        if torch.equal(x, self.image):
+            return [o.clone() for o in self.plain]
+        if torch.equal(x, torch.flip(self.image, [3])):
+            return [o.clone() for o in self.mirrored]
+        raise AssertionError("the model got neither the image nor its mirror image")
 
 
 @pytest.mark.parametrize("project", [True, False])
 def test_multi_stage_outputs_flip_semantics(project):
-    """Stage averaging at the last stage's size, flip back + flip-index permutation, projection."""
+    """get_multi_stage_outputs + aggregate_results on known outputs, against HigherHRNet's formulas written
+    out here: the 1/4 stage resized (bilinear, align_corners=False) to the 1/2 stage; heatmaps = mean of
+    the two stages' first K channels, tags = the 1/4 stage's last K channels; the mirrored pass resized,
+    flipped back along the width and its channels permuted by the flip index; optional projection to the
+    scale-1 input size; aggregated heatmaps = mean of the two passes, tags = (B, K, H, W, 2) with the plain
+    pass's tags in slot 0 and the mirrored pass's in slot 1."""
     import torch.nn.functional as F
 
     cfg = _coco_cfg("TEST.FLIP_TEST", True, "TEST.PROJECT2IMAGE", project)
     k = cfg.DATASET.NUM_JOINTS
-    torch.manual_seed(0)
-    model = _RandomTwoStage(k).eval()
-    x = torch.randn(1, 3, 64, 96)
+    flip_index = list(spec_from_cfg(cfg).flip_index)
+    assert flip_index != list(range(k))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 3, 64, 96, generator=g)
+    plain = [torch.randn(1, 2 * k, 16, 24, generator=g), torch.randn(1, k, 32, 48, generator=g)]
+    mirrored = [torch.randn(1, 2 * k, 16, 24, generator=g), torch.randn(1, k, 32, 48, generator=g)]
+    model = _FixedTwoStage(x, plain, mirrored)
     with torch.no_grad():
         outputs, heatmaps, tags = get_multi_stage_outputs(cfg, model, x, True, project, (96, 64))
-        o0, o1 = model(x)
-        f0, f1 = [torch.flip(o, [3]) for o in model(torch.flip(x, [3]))]
-    up = lambda t: F.interpolate(t, size=o1.shape[2:], mode="bilinear", align_corners=False)  # noqa: E731
-    flip_index = list(spec_from_cfg(cfg).flip_index)
-    f0 = torch.flip(up(torch.flip(f0, [3])), [3])  # the official resizes before flipping back
-    want_h = [(up(o0)[:, :k] + o1) / 2, (f0[:, :k][:, flip_index] + f1[:, flip_index]) / 2]
-    want_t = [up(o0)[:, k:], f0[:, k:][:, flip_index]]
+
+    def up(t, size=(32, 48)):
+        return F.interpolate(t, size=size, mode="bilinear", align_corners=False)
+
+    o0, o1 = up(plain[0]), plain[1]
+    m0, m1 = torch.flip(up(mirrored[0]), [3]), torch.flip(mirrored[1], [3])
+    want_h = [(o0[:, :k] + o1) / 2, ((m0[:, :k] + m1) / 2)[:, flip_index]]
+    want_t = [o0[:, k:], m0[:, k:][:, flip_index]]
     if project:
-        want_h = [F.interpolate(t, size=(64, 96), mode="bilinear", align_corners=False) for t in want_h]
-        want_t = [F.interpolate(t, size=(64, 96), mode="bilinear", align_corners=False) for t in want_t]
+        want_h = [up(t, (64, 96)) for t in want_h]
+        want_t = [up(t, (64, 96)) for t in want_t]
     assert len(outputs) == 4
+    assert len(heatmaps) == 2 and len(tags) == 2  # the mirrored pass's tags are appended
     for got, want in zip(heatmaps + tags, want_h + want_t):
         torch.testing.assert_close(got, want)
+    # one element by index: joint j of the mirrored pass is its channel flip_index[j] at column W - 1 - x
+    j, y, col = 5, 7, 3
+    if not project:
+        assert torch.isclose(tags[1][0, j, y, col], up(mirrored[0])[0, k + flip_index[j], y, 47 - col])
 
-    final, tl = aggregate_results(cfg, 1.0, None, [], heatmaps, tags)
-    ref_final, ref_tl = _official_aggregate(cfg, 1.0, None, [], heatmaps, tags)
+    final, tags_list = aggregate_results(cfg, 1.0, None, [], heatmaps, tags)
+    torch.testing.assert_close(final, (want_h[0] + want_h[1]) / 2)
+    assert len(tags_list) == 2
+    torch.testing.assert_close(torch.cat(tags_list, dim=4), torch.stack(want_t, dim=4))
+    ref_final, ref_tags_list = _official_aggregate(cfg, 1.0, None, [], heatmaps, tags)
     torch.testing.assert_close(final, ref_final)
-    assert [t.shape for t in tl] == [t.shape for t in ref_tl]
+    torch.testing.assert_close(torch.cat(tags_list, dim=4), torch.cat(ref_tags_list, dim=4))
+
+
+class _PeakModel(nn.Module):
+    """Zero 1/4 stage; the 1/2 stage has, for joint j, the pattern [[0.25, 0.5], [0.5, 1]] whose 1 sits
+    at (y, x) = ``peaks[j]``, so the peak stays a single pixel at the 1/2 map (x, y) and at the 2x
+    bilinear map (2x, 2y). Records its inputs."""
+
+    def __init__(self, k: int, peaks: np.ndarray):
+        super().__init__()
+        self.k, self.peaks = k, peaks
+        self.inputs: list[torch.Tensor] = []
+
+    def forward(self, x):
+        self.inputs.append(x.clone())
+        b, _, h, w = x.shape
+        half = torch.zeros(b, self.k, h // 2, w // 2)
+        for j, (py, px) in enumerate(self.peaks):
+            half[:, j, py - 1 : py + 1, px - 1 : px + 1] = torch.tensor([[0.25, 0.5], [0.5, 1.0]])
+        return [torch.zeros(b, 2 * self.k, h // 4, w // 4), half]
+
+
+@pytest.mark.parametrize("project", [False, True])
+@pytest.mark.parametrize(
+    "shape,size,center", [((201, 321), (448, 256), (161, 101)), ((321, 201), (256, 448), (101, 161))]
+)
+def test_image_points_land_on_hand_computed_input_and_heatmap_points(shape, size, center, project):
+    """Both directions of the test-time mapping against numbers worked out from HigherHRNet's formulas
+    (input 256): an odd-sized image has its centre rounded up (int(w/2 + 0.5)), its short side scaled to
+    256 (factor 256/201) and its long side 321 * 256/201 = 408.8 padded up to 448. Forward: a blob at
+    image point p reaches the network input at (p - centre) * 256/201 + input size / 2. Back: a heatmap
+    peak at 1/2-map pixel q (or 2q on the projected map, same formula) decodes, without adjust/refine, to
+    (q - 1/2-map size / 2) * 2 * 201/256 + centre, with the stage-averaged score (0 + peak) / 2."""
+    h, w = shape
+    f = 256 / 201
+    cfg = _coco_cfg(
+        *("TEST.FLIP_TEST", False, "TEST.PROJECT2IMAGE", project, "TEST.ADJUST", False, "TEST.REFINE", False)
+    )
+    k = cfg.DATASET.NUM_JOINTS
+    rng = np.random.default_rng(0)
+    hw, hh = size[0] // 2, size[1] // 2
+    peaks = np.stack([rng.integers(1, hh - 1, k), rng.integers(1, hw - 1, k)], axis=1)  # (y, x) on the 1/2 map
+
+    blob = np.array([0.8 * w, 0.3 * h]) + 0.3  # image point (x, y), off the pixel grid
+    ys, xs = np.mgrid[0:h, 0:w]
+    intensity = 200.0 * np.exp(-((xs - blob[0]) ** 2 + (ys - blob[1]) ** 2) / (2 * 3.0**2))
+    image = np.repeat(np.round(intensity).astype(np.uint8)[:, :, None], 3, axis=2)
+
+    model = _PeakModel(k, peaks)
+    [(poses, _)] = predict_images(cfg, model, [image], HeatmapParser(cfg))
+
+    # forward: the blob's intensity centroid on the network input
+    (x,) = model.inputs
+    assert tuple(x.shape) == (1, 3, size[1], size[0])
+    gray = x[0, 0].numpy().astype(np.float64) * 0.229 + 0.485  # undo the ImageNet normalisation (R channel)
+    want_in = (blob - np.array(center)) * f + np.array(size) / 2
+    x0, y0 = np.round(want_in).astype(int)
+    win = gray[y0 - 15 : y0 + 16, x0 - 15 : x0 + 16]
+    wy, wx = np.mgrid[y0 - 15 : y0 + 16, x0 - 15 : x0 + 16]
+    got_in = np.array([(win * wx).sum(), (win * wy).sum()]) / win.sum()
+    np.testing.assert_allclose(got_in, want_in, atol=0.05)
+
+    # back: every joint's peak to image pixels
+    assert len(poses) == 1
+    pose = poses[0]
+    want = (peaks[:, ::-1] - np.array([hw, hh]) / 2) * 2 / f + np.array(center)
+    np.testing.assert_allclose(pose[:, :2], want, atol=1e-3)
+    np.testing.assert_allclose(pose[:, 2], 0.5 * (0.875**2 if project else 1.0), atol=1e-6)

@@ -238,12 +238,36 @@ def test_keypoint_tokens_without_an_output_are_rejected() -> None:
 
 
 def test_dropout_is_train_only() -> None:
+    """MODEL.SAT.DROPOUT randomises the outputs in train mode and is off in eval mode.
+
+    A twin built with DROPOUT 0 gets the same weights (dropout has no parameters), so in eval mode the two
+    must agree exactly; in train mode the twin is deterministic (BN uses the batch statistics), so two
+    forwards of the dropout model that differ from each other and from the twin show the dropout acting.
+    Eval runs first: train-mode forwards move the BN running statistics."""
     model = tiny("MODEL.SAT.DROPOUT", 0.5)
     nudge(model.sat_head)
+    twin = tiny("MODEL.SAT.DROPOUT", 0.0)
+    twin.load_state_dict(model.state_dict())
+    torch.manual_seed(6)
     x = torch.randn(1, 3, 64, 64)
-    model.eval()
     with torch.no_grad():
-        torch.testing.assert_close(model(x)[0], model(x)[0])
+        model.eval()
+        twin.eval()
+        for a, b in zip(model(x), twin(x)):
+            torch.testing.assert_close(a, b, atol=0, rtol=0)
+        for a, b in zip(model(x), model(x)):
+            torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+        model.train()
+        twin.train()
+        plain = twin(x)
+        for a, b in zip(twin(x), plain):  # no dropout: train mode is deterministic
+            torch.testing.assert_close(a, b, atol=0, rtol=0)
+        torch.manual_seed(7)
+        first, second = model(x), model(x)
+    for i in range(2):  # both resolutions go through the head
+        assert (first[i] - second[i]).abs().max() > 1e-3, i
+        assert (first[i] - plain[i]).abs().max() > 1e-3, i
 
 
 # --------------------------------------------------------------------------------------------------
