@@ -12,7 +12,7 @@ import numpy as np
 import pycocotools.mask as mask_utils
 import pytest
 
-from higherpose.dataset import synthetic
+from higherpose.dataset import synthetic, synthetic_scene
 from higherpose.dataset.coco import CocoDataset, load_coco
 from higherpose.dataset.specs import COCO
 
@@ -153,7 +153,7 @@ def test_occluders_and_figures_are_drawn(monkeypatch) -> None:
 
     # The layer map: 0 background, 1..n the labelled figures (farther first), 254 crowd, 255 occluders.
     record: dict = {}
-    draw_figure, occluder = synthetic.draw_figure, synthetic._occluder
+    draw_figure, occluder = synthetic_scene.draw_figure, synthetic_scene.draw_occluder
 
     def recording_draw(canvas, ids, label, *args, **kwargs):
         if record.get("ids") is not ids:  # the crowd's own map first, then the labelled figures' map
@@ -165,8 +165,8 @@ def test_occluders_and_figures_are_drawn(monkeypatch) -> None:
         record.setdefault("before_occluders", canvas.copy())
         return occluder(rng, canvas, ids, *args, **kwargs)
 
-    monkeypatch.setattr(synthetic, "draw_figure", recording_draw)
-    monkeypatch.setattr(synthetic, "_occluder", recording_occluder)
+    monkeypatch.setattr(synthetic_scene, "draw_figure", recording_draw)
+    monkeypatch.setattr(synthetic_scene, "draw_occluder", recording_occluder)
     square = np.ones((3, 3), np.uint8)
     images_with_occluders = under_occluder = checked_joints = 0
     for index in range(20):
