@@ -37,7 +37,8 @@ from torch import nn
 
 from higherpose.config import ConfigError, update_config
 from higherpose.config import cfg as default_cfg
-from higherpose.core.inference import IMAGENET_MEAN, IMAGENET_STD, eval_input_size
+from higherpose.core.inference import eval_input_size
+from higherpose.dataset.transforms import IMAGENET_MEAN, IMAGENET_STD
 from higherpose.models import build_model
 from higherpose.utils.checkpoint import CheckpointError, extract_state_dict, load_file, load_pose_state_dict
 from higherpose.utils.transforms import resize_align_multi_scale

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
+from higherpose.core.layout import OutputLayout
 from higherpose.core.udp import taylor_offsets
 from higherpose.dataset.specs import spec_from_cfg
 
@@ -43,14 +44,17 @@ class Params:
     joint_order: tuple[int, ...]
 
     @classmethod
-    def from_cfg(cls, cfg: Any) -> Params:
-        spec = spec_from_cfg(cfg)
-        order = tuple(spec.joint_order)
-        num_joints = cfg.DATASET.NUM_JOINTS
-        if cfg.DATASET.WITH_CENTER:
+    def from_cfg(cls, cfg: Any, layout: OutputLayout | None = None) -> Params:
+        """Settings of ``cfg.TEST`` / ``cfg.DATASET``; the joints (and the centre joint's treatment)
+        come from the output ``layout``, built here when not given."""
+        if layout is None:
+            layout = OutputLayout.from_config(cfg)
+        order = tuple(spec_from_cfg(cfg).joint_order)
+        num_joints = layout.num_joints
+        if layout.with_center:
             center = num_joints - 1
             rest = tuple(j for j in order if j != center)
-            if cfg.TEST.IGNORE_CENTER:
+            if layout.drop_center:
                 num_joints -= 1
                 order = rest
             else:  # HigherHRNet groups from the center joint first
@@ -129,8 +133,9 @@ class HeatmapParser:
     """Decode multi-person poses from detection heatmaps and tag maps (``parse``)."""
 
     def __init__(self, cfg: Any):
-        self.params = Params.from_cfg(cfg)
-        self.tag_per_joint = cfg.MODEL.TAG_PER_JOINT
+        layout = OutputLayout.from_config(cfg)
+        self.params = Params.from_cfg(cfg, layout)
+        self.tag_per_joint = layout.tag_per_joint
         self.pool = torch.nn.MaxPool2d(cfg.TEST.NMS_KERNEL, 1, cfg.TEST.NMS_PADDING)
         self.nms_kernel, self.nms_padding = cfg.TEST.NMS_KERNEL, cfg.TEST.NMS_PADDING
         # DATASET.USE_UDP: Taylor sub-pixel offsets without HigherHRNet's +0.5 and quarter shift.

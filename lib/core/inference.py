@@ -15,13 +15,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from higherpose.core.group import HeatmapParser
+from higherpose.core.layout import OutputLayout
 from higherpose.core.udp import udp_multi_stage_outputs
 from higherpose.dataset.build import output_sizes
-from higherpose.dataset.specs import spec_from_cfg
+from higherpose.dataset.transforms import IMAGENET_MEAN, IMAGENET_STD
 from higherpose.utils.transforms import get_multi_scale_size, resize_align_multi_scale, transform_preds
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 INPUT_MULTIPLE = 32  # HRNet halves the resolution five times (stem 4x, then branches down to 1/32)
 
 
@@ -29,31 +28,16 @@ def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
 
 
-def _stage_maps(
-    cfg: Any, outputs: Sequence[torch.Tensor], flip: bool, flip_index: list[int]
-) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
-    """Average the stages' heatmaps (all at the last stage's resolution) and collect their tag maps."""
-    num_joints = cfg.DATASET.NUM_JOINTS
+def _aligned(outputs: Sequence[torch.Tensor], flip: bool) -> list[torch.Tensor]:
+    """Stage outputs (B, C_i, h_i, w_i) resized to the last stage's size (bilinear, as HigherHRNet) and,
+    for the mirrored pass, flipped back along the width."""
     last = outputs[-1].shape[2:]
-    heatmaps_sum, num_heatmaps, tags = None, 0, []
+    aligned = []
     for i, output in enumerate(outputs):
         if len(outputs) > 1 and i != len(outputs) - 1:
             output = _resize(output, last)
-        if flip:
-            output = torch.flip(output, [3])
-        offset = num_joints if cfg.LOSS.WITH_HEATMAPS_LOSS[i] else 0
-        if cfg.LOSS.WITH_HEATMAPS_LOSS[i] and cfg.TEST.WITH_HEATMAPS[i]:
-            hm = output[:, :num_joints]
-            if flip:
-                hm = hm[:, flip_index]
-            heatmaps_sum = hm if heatmaps_sum is None else heatmaps_sum + hm
-            num_heatmaps += 1
-        if cfg.LOSS.WITH_AE_LOSS[i] and cfg.TEST.WITH_AE[i]:
-            tag = output[:, offset:]
-            if flip and cfg.MODEL.TAG_PER_JOINT:
-                tag = tag[:, flip_index]
-            tags.append(tag)
-    return (heatmaps_sum / num_heatmaps if num_heatmaps else None), tags
+        aligned.append(torch.flip(output, [3]) if flip else output)
+    return aligned
 
 
 def get_multi_stage_outputs(
@@ -63,32 +47,30 @@ def get_multi_stage_outputs(
     with_flip: bool = False,
     project2image: bool = False,
     size_projected: Sequence[int] | None = None,
+    *,
+    layout: OutputLayout | None = None,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
     """Run the model on image (B, 3, h, w) (and its mirror image when ``with_flip``).
 
     Returns ``(outputs, heatmaps, tags)``: ``heatmaps`` = [stage-averaged (B, K, h', w')] (+ the flipped
     one, channels permuted by the dataset's flip index), ``tags`` = the tag maps of the AE stages
     (+ flipped). With ``project2image`` and ``size_projected = (w, h)`` all maps are resized
-    (bilinear, align_corners=False) to that size, as HigherHRNet.
+    (bilinear, align_corners=False) to that size, as HigherHRNet. ``layout``: the config's
+    :class:`OutputLayout`, when the caller has built it already.
     """
-    flip_index = list(spec_from_cfg(cfg).flip_index)
+    if layout is None:
+        layout = OutputLayout.from_config(cfg)
     outputs = list(model(image))
-    heatmaps_avg, tags = _stage_maps(cfg, outputs, False, flip_index)
+    heatmaps_avg, tags = layout.test_maps(_aligned(outputs, False))
     heatmaps = [heatmaps_avg] if heatmaps_avg is not None else []
     if with_flip:
-        outputs_flip = list(model(torch.flip(image, [3])))
-        heatmaps_avg, tags_flip = _stage_maps(cfg, outputs_flip, True, flip_index)
+        outputs_flip = _aligned(list(model(torch.flip(image, [3]))), True)
+        heatmaps_avg, tags_flip = layout.test_maps(outputs_flip, flipped=True)
         heatmaps.append(heatmaps_avg)
         tags.extend(tags_flip)
-        last = outputs_flip[-1].shape[2:]
-        outputs.extend(
-            torch.flip(_resize(o, last) if len(outputs_flip) > 1 and i != len(outputs_flip) - 1 else o, [3])
-            for i, o in enumerate(outputs_flip)
-        )
+        outputs.extend(outputs_flip)
 
-    if cfg.DATASET.WITH_CENTER and cfg.TEST.IGNORE_CENTER:
-        heatmaps = [hms[:, :-1] for hms in heatmaps]
-        tags = [tms[:, :-1] for tms in tags]
+    heatmaps, tags = layout.without_center(heatmaps), layout.without_center(tags)
 
     if project2image and size_projected:
         size = (size_projected[1], size_projected[0])
@@ -145,7 +127,13 @@ def _to_input(images: Sequence[np.ndarray], device: torch.device) -> torch.Tenso
 
 
 def _udp_outputs(
-    cfg: Any, model: nn.Module, x: torch.Tensor, base_size: Sequence[int], base_scale: np.ndarray, scale: np.ndarray
+    cfg: Any,
+    layout: OutputLayout,
+    model: nn.Module,
+    x: torch.Tensor,
+    base_size: Sequence[int],
+    base_scale: np.ndarray,
+    scale: np.ndarray,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """DATASET.USE_UDP: this scale's maps resampled exactly onto the scale-1 input grid
     (``TEST.PROJECT2IMAGE``) or onto that grid at the last stage's stride (the output size there)."""
@@ -156,8 +144,7 @@ def _udp_outputs(
         dst_size = (int(round(base_size[0] / stride)), int(round(base_size[1] / stride)))
     # Input pixels per image pixel at this scale over those at scale 1 (get_affine_transform's factor).
     ratio = (x.shape[3] / float(scale[0])) / (base_size[0] / float(base_scale[0]))
-    flip_index = list(spec_from_cfg(cfg).flip_index)
-    return udp_multi_stage_outputs(cfg, model, x, flip_index, cfg.TEST.FLIP_TEST, dst_size, stride, base_size, ratio)
+    return udp_multi_stage_outputs(layout, model, x, cfg.TEST.FLIP_TEST, dst_size, stride, base_size, ratio)
 
 
 @dataclass
@@ -189,6 +176,7 @@ def image_maps(cfg: Any, model: nn.Module, images: Sequence[np.ndarray], device:
     base_size, _, base_scale = get_multi_scale_size(images[0], input_size, 1.0, min_scale)
     use_amp = bool(cfg.FP16.ENABLED) and device.type == "cuda"
     amp_dtype = torch.bfloat16 if cfg.FP16.DTYPE == "bfloat16" else torch.float16
+    layout = OutputLayout.from_config(cfg)
 
     final_heatmaps, tags_list = None, []
     centers, scales_px = [], []
@@ -203,10 +191,10 @@ def image_maps(cfg: Any, model: nn.Module, images: Sequence[np.ndarray], device:
         x = _to_input(resized, device)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
             if cfg.DATASET.USE_UDP:
-                heatmaps, tags = _udp_outputs(cfg, model, x, base_size, base_scale, scales_px[0])
+                heatmaps, tags = _udp_outputs(cfg, layout, model, x, base_size, base_scale, scales_px[0])
             else:
                 _, heatmaps, tags = get_multi_stage_outputs(
-                    cfg, model, x, cfg.TEST.FLIP_TEST, cfg.TEST.PROJECT2IMAGE, base_size
+                    cfg, model, x, cfg.TEST.FLIP_TEST, cfg.TEST.PROJECT2IMAGE, base_size, layout=layout
                 )
         heatmaps = [h.float() for h in heatmaps]
         tags = [t.float() for t in tags]

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from higherpose.core.layout import OutputLayout
+
 HEATMAP_LOSS_TYPES = ("mse", "wahr", "qfl")
 
 
@@ -106,28 +108,25 @@ class AELoss(nn.Module):
 class MultiLossFactory(nn.Module):
     """Per-stage heatmap, push and pull losses, configured by ``cfg.LOSS`` (HigherHRNet semantics).
 
-    Stage ``i`` output holds K heatmaps (when ``WITH_HEATMAPS_LOSS[i]``) followed by the tag maps; the
-    tag offset is K only when that stage has a heatmap loss. ``heatmaps_loss_factor``,
-    ``push_loss_factor`` and ``pull_loss_factor`` are plain lists of floats: a trainer may rescale them
-    (e.g. an AE warm-up) between steps.
+    Which channels of stage ``i`` are heatmaps and which are tags comes from the
+    :class:`~higherpose.core.layout.OutputLayout` built once here (``self.layout``).
+    ``heatmaps_loss_factor``, ``push_loss_factor`` and ``pull_loss_factor`` are plain lists of floats:
+    a trainer may rescale them (e.g. an AE warm-up) between steps.
     """
 
     def __init__(self, cfg: Any):
         super().__init__()
         loss = cfg.LOSS
-        self.num_joints = cfg.MODEL.NUM_JOINTS
-        self.num_stages = loss.NUM_STAGES
-        for key in (
-            "WITH_HEATMAPS_LOSS",
-            "HEATMAPS_LOSS_FACTOR",
-            "WITH_AE_LOSS",
-            "PUSH_LOSS_FACTOR",
-            "PULL_LOSS_FACTOR",
-        ):
+        self.layout = OutputLayout.from_config(cfg)
+        self.num_joints = self.layout.num_joints
+        self.num_stages = self.layout.num_stages
+        for key in ("HEATMAPS_LOSS_FACTOR", "PUSH_LOSS_FACTOR", "PULL_LOSS_FACTOR"):
             if len(loss[key]) != self.num_stages:
                 raise ValueError(f"LOSS.{key} = {list(loss[key])}: needs LOSS.NUM_STAGES = {self.num_stages} entries")
-        self.heatmaps_loss = [HeatmapLoss(loss.HEATMAPS_LOSS_TYPE) if on else None for on in loss.WITH_HEATMAPS_LOSS]
-        self.ae_loss = [AELoss(loss.AE_LOSS_TYPE) if on else None for on in loss.WITH_AE_LOSS]
+        self.heatmaps_loss = [
+            HeatmapLoss(loss.HEATMAPS_LOSS_TYPE) if stage.has_heatmaps else None for stage in self.layout.stages
+        ]
+        self.ae_loss = [AELoss(loss.AE_LOSS_TYPE) if stage.has_tags else None for stage in self.layout.stages]
         self.heatmaps_loss_factor = [float(f) for f in loss.HEATMAPS_LOSS_FACTOR]
         self.push_loss_factor = [float(f) for f in loss.PUSH_LOSS_FACTOR]
         self.pull_loss_factor = [float(f) for f in loss.PULL_LOSS_FACTOR]
@@ -147,17 +146,16 @@ class MultiLossFactory(nn.Module):
         heatmaps_losses: list[torch.Tensor | None] = []
         push_losses: list[torch.Tensor | None] = []
         pull_losses: list[torch.Tensor | None] = []
-        for idx, output in enumerate(outputs):
-            offset = 0
-            if self.heatmaps_loss[idx] is not None:
-                offset = self.num_joints
-                hm = self.heatmaps_loss[idx](output[:, : self.num_joints], heatmaps[idx], masks[idx])
+        for idx, (stage, output) in enumerate(zip(self.layout.stages, outputs)):
+            heatmap_loss, ae_loss = self.heatmaps_loss[idx], self.ae_loss[idx]
+            if heatmap_loss is not None:
+                hm = heatmap_loss(self.layout.heatmaps(output), heatmaps[idx], masks[idx])
                 heatmaps_losses.append(hm * self.heatmaps_loss_factor[idx])
             else:
                 heatmaps_losses.append(None)
-            if self.ae_loss[idx] is not None:
-                tags = output[:, offset:].reshape(output.shape[0], -1, 1)
-                push, pull = self.ae_loss[idx](tags, joints[idx])
+            if ae_loss is not None:
+                tags = self.layout.tags(stage, output).reshape(output.shape[0], -1, 1)
+                push, pull = ae_loss(tags, joints[idx])
                 push_losses.append(push * self.push_loss_factor[idx])
                 pull_losses.append(pull * self.pull_loss_factor[idx])
             else:

@@ -17,13 +17,14 @@ Details", CVPR 2020). Here every map is resampled once, exactly, onto the destin
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from higherpose.core.layout import OutputLayout
 
 
 def sample_grid(maps: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
@@ -45,10 +46,9 @@ def sample_grid(maps: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> torch
 
 
 def udp_multi_stage_outputs(
-    cfg: Any,
+    layout: OutputLayout,
     model: nn.Module,
     image: torch.Tensor,
-    flip_index: Sequence[int],
     with_flip: bool,
     dst_size: Sequence[int],
     dst_stride: float,
@@ -58,12 +58,12 @@ def udp_multi_stage_outputs(
     """Run the model on image (B, 3, H_i, W_i) (and its mirror) and resample every stage onto the
     destination grid ``dst_size = (W', H')`` whose pixel ``m`` is base-input pixel ``dst_stride·m``.
 
-    ``base_size = (W_b, H_b)`` is the scale-1 input size and ``ratio`` this input's size over it (the
-    two affine factors' ratio). Returns ``(heatmaps, tags)`` as
-    :func:`~higherpose.core.inference.get_multi_stage_outputs`: the stage-averaged heatmaps (B, K, H', W')
-    (and the flipped pass's), and the tag maps of the AE stages (and the flipped ones).
+    ``layout`` says which channels of each stage are heatmaps and tags. ``base_size = (W_b, H_b)`` is
+    the scale-1 input size and ``ratio`` this input's size over it (the two affine factors' ratio).
+    Returns ``(heatmaps, tags)`` as :func:`~higherpose.core.inference.get_multi_stage_outputs`: the
+    stage-averaged heatmaps (B, K, H', W') (and the flipped pass's), and the tag maps of the AE stages
+    (and the flipped ones).
     """
-    num_joints = cfg.DATASET.NUM_JOINTS
     in_h, in_w = image.shape[2:]
     device = image.device
     xb = torch.arange(dst_size[0], device=device, dtype=torch.float64) * dst_stride
@@ -71,35 +71,23 @@ def udp_multi_stage_outputs(
     xi = (xb - base_size[0] / 2.0) * ratio + in_w / 2.0  # this scale's input pixels
     yi = (yb - base_size[1] / 2.0) * ratio + in_h / 2.0
 
-    heatmaps: list[torch.Tensor] = []
-    tags: list[torch.Tensor] = []
-    for flipped in (False, True) if with_flip else (False,):
-        outputs = model(torch.flip(image, [3]) if flipped else image)
-        heat_sum, num_heat = None, 0
-        for i, output in enumerate(outputs):
+    def resampled(outputs: Sequence[torch.Tensor], flipped: bool) -> Iterator[torch.Tensor]:
+        for output in outputs:
             stride_x, stride_y = in_w / output.size(3), in_h / output.size(2)
             if flipped:
                 output = torch.flip(output, [3])
             offset = stride_x - 1 if flipped else 0.0
-            sampled = sample_grid(output, (xi - offset) / stride_x, yi / stride_y)
-            tag_start = num_joints if cfg.LOSS.WITH_HEATMAPS_LOSS[i] else 0
-            if cfg.LOSS.WITH_HEATMAPS_LOSS[i] and cfg.TEST.WITH_HEATMAPS[i]:
-                hm = sampled[:, :num_joints]
-                if flipped:
-                    hm = hm[:, list(flip_index)]
-                heat_sum = hm if heat_sum is None else heat_sum + hm
-                num_heat += 1
-            if cfg.LOSS.WITH_AE_LOSS[i] and cfg.TEST.WITH_AE[i]:
-                tag = sampled[:, tag_start:]
-                if flipped and cfg.MODEL.TAG_PER_JOINT:
-                    tag = tag[:, list(flip_index)]
-                tags.append(tag)
-        if heat_sum is not None:
-            heatmaps.append(heat_sum / num_heat)
-    if cfg.DATASET.WITH_CENTER and cfg.TEST.IGNORE_CENTER:
-        heatmaps = [h[:, :-1] for h in heatmaps]
-        tags = [t[:, :-1] for t in tags]
-    return heatmaps, tags
+            yield sample_grid(output, (xi - offset) / stride_x, yi / stride_y)
+
+    heatmaps: list[torch.Tensor] = []
+    tags: list[torch.Tensor] = []
+    for flipped in (False, True) if with_flip else (False,):
+        outputs = model(torch.flip(image, [3]) if flipped else image)
+        heatmaps_avg, stage_tags = layout.test_maps(resampled(outputs, flipped), flipped)
+        if heatmaps_avg is not None:
+            heatmaps.append(heatmaps_avg)
+        tags.extend(stage_tags)
+    return layout.without_center(heatmaps), layout.without_center(tags)
 
 
 HALF = 0.499  # largest |offset| from the peak pixel (see taylor_offsets)

@@ -23,10 +23,10 @@ import numpy as np
 import torch
 import torch.utils.data
 
-from .coco import CocoDataset, CocoKeypoints, CrowdPoseDataset, CrowdPoseKeypoints, CustomDataset
-from .specs import spec_from_cfg
-from .target_generators import HeatmapGenerator, JointsGenerator, ScaleAwareHeatmapGenerator
-from .transforms import build_transforms
+from higherpose.dataset.coco import CocoDataset, CocoKeypoints, CrowdPoseDataset, CrowdPoseKeypoints, CustomDataset
+from higherpose.dataset.specs import spec_from_cfg
+from higherpose.dataset.target_generators import HeatmapGenerator, JointsGenerator, ScaleAwareHeatmapGenerator
+from higherpose.dataset.transforms import build_transforms
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ _TEST_CLASSES = {"coco": CocoDataset, "crowd_pose": CrowdPoseDataset, "custom": 
 def _ensure_data(cfg) -> None:
     """Generate the synthetic set under ``DATASET.ROOT`` when ``DATASET.SYNTHETIC`` and it is missing."""
     if cfg.DATASET.SYNTHETIC:
-        from .synthetic import ensure_synthetic
+        from higherpose.dataset.synthetic import ensure_synthetic
 
         ensure_synthetic(cfg.DATASET.ROOT)
 

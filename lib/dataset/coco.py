@@ -31,8 +31,8 @@ import pycocotools.mask as mask_utils
 import torch
 from pycocotools.coco import COCO as _COCO
 
-from . import zipreader
-from .specs import COCO, CROWDPOSE, KeypointSpec
+from higherpose.dataset import zipreader
+from higherpose.dataset.specs import COCO, CROWDPOSE, KeypointSpec
 
 logger = logging.getLogger(__name__)
 

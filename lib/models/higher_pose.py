@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from .pose_higher_hrnet import PoseHigherResolutionNet
-from .sat_head import SATHead
+from higherpose.models.pose_higher_hrnet import PoseHigherResolutionNet
+from higherpose.models.sat_head import SATHead
 
 
 class HigherPoseNet(PoseHigherResolutionNet):

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .blocks import BLOCKS, BN_MOMENTUM, BasicBlock, Bottleneck, HighResolutionModule, make_layer
+from higherpose.models.blocks import BLOCKS, BN_MOMENTUM, BasicBlock, Bottleneck, HighResolutionModule, make_layer
 
 logger = logging.getLogger(__name__)
 
@@ -276,7 +276,7 @@ class PoseHigherResolutionNet(nn.Module):
                 f"MODEL.PRETRAINED = {pretrained!r} does not exist; download the ImageNet HRNet weights "
                 "(e.g. hrnet_w32-36af842e.pth) or set MODEL.PRETRAINED '' to train from scratch"
             )
-        from ..utils.checkpoint import load_imagenet_weights
+        from higherpose.utils.checkpoint import load_imagenet_weights
 
         load_imagenet_weights(self, pretrained, self.pretrained_layers, verbose=verbose)
 

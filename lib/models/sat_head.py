@@ -1,4 +1,4 @@
-"""SAT head: the structure-aware transformer head of ``higher_pose`` (project issue 6).
+"""SAT head: the structure-aware transformer head of ``higher_pose``.
 
 It sits between HRNet's stage-4 high-resolution output ``X (B, C, H, W)`` (1/4 of the input) and
 HigherHRNet's unchanged heads, and returns ``X'`` (same shape) plus an optional dynamic heatmap term
@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import BN_MOMENTUM
+from higherpose.models.blocks import BN_MOMENTUM
 
 
 def sine_position_embedding(
@@ -291,7 +291,7 @@ class SATHead(nn.Module):
     @classmethod
     def from_config(cls, cfg: Any, in_channels: int) -> dict[str, Any]:
         """Constructor arguments from ``MODEL.SAT`` and the dataset spec (read once, plain values)."""
-        from ..dataset.specs import hop_distances, spec_from_cfg
+        from higherpose.dataset.specs import hop_distances, spec_from_cfg
 
         spec = spec_from_cfg(cfg)
         if spec.num_joints != cfg.MODEL.NUM_JOINTS:

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .atomic import atomic_write
+from higherpose.utils.atomic import atomic_write
 
 logger = logging.getLogger(__name__)
 

@@ -1,14 +1,17 @@
-"""Visualisation: poses drawn on images (demo, validation) and HigherHRNet's training debug grids.
+"""Visualisation: poses drawn on images (demo, validation) and the grids of HigherHRNet's training
+debug pictures.
 
 Two families:
 
 * :func:`draw_poses` / :func:`save_valid_image`: each person's skeleton (from the dataset's
   :class:`~higherpose.dataset.specs.KeypointSpec`, never a copy) in its own colour from a
   deterministic palette, joints as filled circles, optional joint confidences and person scores.
-* :func:`make_heatmaps` / :func:`make_tagmaps` / :func:`save_batch_maps` / :func:`save_debug_images`:
+* :func:`make_heatmaps` / :func:`make_tagmaps` / :func:`save_batch_maps` / :func:`tile_images`:
   grids of input image ⊕ GT heatmaps / predicted heatmaps / min-max normalised tag maps (JET colour
-  map), controlled by the ``DEBUG.*`` keys. The official per-joint and per-image loops are replaced by
-  whole-batch array operations (one ``applyColorMap`` per grid); the plain loops stay in the tests.
+  map). The official per-joint and per-image loops are replaced by whole-batch array operations (one
+  ``applyColorMap`` per grid); the plain loops stay in the tests. The training debug pictures, which
+  read network outputs and group them into people, are assembled a floor above, in
+  ``core/debug_images.py``.
 
 Deliberate differences from HigherHRNet's ``lib/utils/vis.py``: person colours come from a fixed
 palette instead of ``np.random`` (same person index → same colour in every frame and run); the input
@@ -29,9 +32,9 @@ import cv2
 import numpy as np
 import torch
 
-from ..core.inference import IMAGENET_MEAN, IMAGENET_STD
-from ..dataset.specs import COCO, CROWDPOSE, KeypointSpec, spec_from_cfg
-from .atomic import atomic_write
+from higherpose.dataset.specs import COCO, CROWDPOSE, KeypointSpec
+from higherpose.dataset.transforms import IMAGENET_MEAN, IMAGENET_STD
+from higherpose.utils.atomic import atomic_write
 
 _GOLDEN = 0.618033988749895
 
@@ -157,14 +160,14 @@ def save_valid_image(
 
 # --------------------------------------------------------------------------------------------------
 # debug grids
-def _to_float_tensor(x: Any) -> torch.Tensor:
+def as_float_cpu(x: Any) -> torch.Tensor:
     """Detached float32 CPU tensor (outputs may be fp16/bf16 under autocast, or on the GPU)."""
     return torch.as_tensor(x).detach().to("cpu", torch.float32)
 
 
 def denormalize_images(batch_images: Any) -> np.ndarray:
     """(B, 3, S, S) ImageNet-normalised RGB tensor → (B, S, S, 3) uint8 BGR images."""
-    x = _to_float_tensor(batch_images)
+    x = as_float_cpu(batch_images)
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     rgb = (x * std + mean).mul(255).clamp(0, 255).round().to(torch.uint8)
@@ -223,7 +226,7 @@ def _resize_batch(images: np.ndarray, height: int, width: int) -> np.ndarray:
 def make_heatmaps(image: np.ndarray, heatmaps: Any) -> np.ndarray:
     """HigherHRNet's ``make_heatmaps``: ``image`` (h, w, 3) uint8, ``heatmaps`` (K, H, W) in 0..1 →
     (H, (K+1)*W, 3) uint8: the image resized to (H, W), then each map in JET blended 0.7 / 0.3."""
-    maps = _to_float_tensor(heatmaps)
+    maps = as_float_cpu(heatmaps)
     _, h, w = maps.shape
     img = _resize_batch(np.asarray(image)[None], h, w)
     return _fuse_grid(img, _colorize(_heatmaps_u8(maps))[None], 0.7, 0.3)
@@ -232,7 +235,7 @@ def make_heatmaps(image: np.ndarray, heatmaps: Any) -> np.ndarray:
 def make_tagmaps(image: np.ndarray, tagmaps: Any) -> np.ndarray:
     """HigherHRNet's ``make_tagmaps``: like :func:`make_heatmaps` with each tag map min-max
     normalised and blended 0.9 / 0.1."""
-    maps = _to_float_tensor(tagmaps)
+    maps = as_float_cpu(tagmaps)
     _, h, w = maps.shape
     img = _resize_batch(np.asarray(image)[None], h, w)
     return _fuse_grid(img, _colorize(_tagmaps_u8(maps))[None], 0.9, 0.1)
@@ -261,12 +264,12 @@ def save_batch_maps(
     """
     if map_type not in ("heatmap", "tagmap"):
         raise ValueError(f"save_batch_maps: map_type must be 'heatmap' or 'tagmap', got {map_type!r}")
-    maps = _to_float_tensor(batch_maps)
+    maps = as_float_cpu(batch_maps)
     _, _, h, w = maps.shape
     images = denormalize_images(batch_image) if normalize else np.asarray(batch_image, dtype=np.uint8)
     images = _resize_batch(images, h, w)
     # official: mask.byte() multiplies the image tile only
-    mask = None if batch_mask is None else _to_float_tensor(batch_mask).to(torch.uint8).numpy()
+    mask = None if batch_mask is None else as_float_cpu(batch_mask).to(torch.uint8).numpy()
     if mask is not None and mask.shape != (maps.shape[0], h, w):
         raise ValueError(f"save_batch_maps: mask shape {mask.shape} does not fit maps {tuple(maps.shape)}")
     if map_type == "heatmap":
@@ -303,88 +306,6 @@ def joints_to_poses(batch_joints: Any, output_res: int, num_joints: int) -> list
     poses[..., :2] += 0.5  # joint pixel centre
     poses = poses[:, :, :num_joints]
     return [[p for p in sample if p[:, 2].any()] for sample in poses]
-
-
-def _group_poses(cfg: Any, heatmaps: torch.Tensor, tags: torch.Tensor) -> list[tuple[list[np.ndarray], list[float]]]:
-    """Group each sample's heatmaps (B, K, R, R) by its tag maps (B, K or 1, R, R) with
-    ``HeatmapParser`` (adjust, no refine: fast); poses in map pixels."""
-    from ..core.group import HeatmapParser  # lazy: vis must import without the grouping code
-
-    parser = HeatmapParser(cfg)
-    out = []
-    for i in range(heatmaps.shape[0]):
-        grouped, scores = parser.parse(heatmaps[i : i + 1], tags[i : i + 1].unsqueeze(-1), True, False)
-        people = grouped[0] if len(grouped) else []
-        out.append(([np.asarray(p) for p in people], [float(s) for s in scores]))
-    return out
-
-
-def save_debug_images(
-    cfg: Any,
-    batch_images: Any,
-    batch_heatmaps: Any | None,
-    batch_masks: Any | None,
-    batch_outputs: Any,
-    prefix: str | os.PathLike | None,
-    batch_joints: Any | None = None,
-) -> dict[str, np.ndarray]:
-    """Training debug pictures of one output resolution (HigherHRNet's ``save_debug_images``).
-
-    Args:
-        cfg: config; ``DEBUG.DEBUG`` off → nothing. ``SAVE_HEATMAPS_GT`` → ``{prefix}_hm_gt.jpg``,
-            ``SAVE_HEATMAPS_PRED`` → ``_hm_pred.jpg``, ``SAVE_TAGMAPS_PRED`` → ``_tag_pred.jpg`` (when the
-            output has tag channels), ``SAVE_BATCH_IMAGES_GT`` → ``_gt.jpg`` (GT joints drawn, needs
-            ``batch_joints``), ``SAVE_BATCH_IMAGES_PRED`` → ``_pred.jpg`` (poses grouped from the
-            predicted heatmaps + tags by ``HeatmapParser``, when the output has tags).
-        batch_images: (B, 3, S, S) ImageNet-normalised RGB input.
-        batch_heatmaps: (B, K, R, R) GT heatmaps or None.
-        batch_masks: (B, R, R) loss masks or None.
-        batch_outputs: (B, K [+ K tags], R, R) network output of this resolution.
-        prefix: path prefix of the files (e.g. ``output/.../train_100_output_128``); None = write
-            nothing, only return the grids.
-        batch_joints: (B, M, K, 2) tag-loss joints of this resolution (for ``_gt.jpg``).
-
-    Returns:
-        ``{'hm_gt' | 'hm_pred' | 'tag_pred' | 'gt' | 'pred': (H, W, 3) uint8 BGR grid}`` for what was
-        made; log to TensorBoard with :func:`add_debug_images`.
-    """
-    grids: dict[str, np.ndarray] = {}
-    dbg = cfg.DEBUG
-    if not dbg.DEBUG:
-        return grids
-    k = cfg.DATASET.NUM_JOINTS
-    outputs = _to_float_tensor(batch_outputs)
-    pred_heatmaps, pred_tags = outputs[:, :k], outputs[:, k:]
-    images = denormalize_images(batch_images)  # (B, S, S, 3) BGR
-    scale = images.shape[2] / outputs.shape[-1]  # map pixels -> input pixels
-
-    if dbg.SAVE_HEATMAPS_GT and batch_heatmaps is not None:
-        grids["hm_gt"] = save_batch_maps(images, batch_heatmaps, batch_masks, None, "heatmap", normalize=False)
-    if dbg.SAVE_HEATMAPS_PRED:
-        grids["hm_pred"] = save_batch_maps(images, pred_heatmaps, batch_masks, None, "heatmap", normalize=False)
-    if dbg.SAVE_TAGMAPS_PRED and pred_tags.shape[1]:
-        grids["tag_pred"] = save_batch_maps(images, pred_tags, batch_masks, None, "tagmap", normalize=False)
-
-    if dbg.SAVE_BATCH_IMAGES_GT and batch_joints is not None:
-        spec = spec_from_cfg(cfg)
-        drawn = []
-        for image, people in zip(images, joints_to_poses(batch_joints, outputs.shape[-1], k)):
-            people = [np.concatenate([p[:, :2] * scale, p[:, 2:]], axis=1) for p in people]
-            drawn.append(draw_poses(image, people, spec))
-        grids["gt"] = tile_images(np.stack(drawn))
-    # Grouping needs tag maps; the higher-resolution outputs carry heatmaps only.
-    if dbg.SAVE_BATCH_IMAGES_PRED and pred_tags.shape[1]:
-        spec = spec_from_cfg(cfg)
-        drawn = []
-        for image, (people, scores) in zip(images, _group_poses(cfg, pred_heatmaps, pred_tags)):
-            people = [np.concatenate([p[:, :2] * scale, p[:, 2:3]], axis=1) for p in people]
-            drawn.append(draw_poses(image, people, spec, scores=scores))
-        grids["pred"] = tile_images(np.stack(drawn))
-
-    if prefix:
-        for name, grid in grids.items():
-            imwrite_atomic(f"{os.fspath(prefix)}_{name}.jpg", grid)
-    return grids
 
 
 def add_debug_images(writer: Any, grids: Mapping[str, np.ndarray], step: int, tag: str = "debug") -> None:
