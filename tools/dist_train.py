@@ -136,7 +136,8 @@ def run_worker(
 ) -> None:
     """One training process: device, process group, per-rank config, logging, :func:`fit`
     (``model``: a prebuilt model to train in place instead of ``build_model``, for tests and custom code)."""
-    from higherpose.core.trainer import NonFiniteLossError, fit
+    from higherpose.core.train_loop import NonFiniteLossError
+    from higherpose.core.trainer import fit
 
     cuda = use_cuda(cfg)
     if cuda:

@@ -104,7 +104,7 @@ def pipeline(
 
 def trained_steps(output: Path) -> int | None:
     """Optimiser steps of the run under ``output`` (from its last checkpoint; None when there is none)."""
-    from higherpose.core.trainer import CHECKPOINT_NAME
+    from higherpose.core.checkpointing import CHECKPOINT_NAME
     from higherpose.utils.checkpoint import load_file
 
     ckpt = next(output.rglob(CHECKPOINT_NAME), None)

@@ -1,5 +1,6 @@
 """Distributed helpers: who am I (rank, world size), process-group set-up and tear-down, backend
-choice (NCCL on CUDA, gloo on CPU), free ports, and seeding.
+choice (NCCL on CUDA, gloo on CPU), free ports, the bare model inside DDP, and seeding (per-run,
+per-epoch and cuDNN determinism).
 
 Every helper works without an initialised process group (then rank 0 of a world of 1), so the
 same training code runs single-process, under ``mp.spawn`` and under ``torchrun``.
@@ -17,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
@@ -114,7 +117,12 @@ def all_reduce_max_(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def broadcast_buffers_(module: torch.nn.Module, src: int = 0) -> None:
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare model inside DDP / DataParallel."""
+    return model.module if isinstance(model, (DistributedDataParallel, nn.DataParallel)) else model
+
+
+def broadcast_buffers_(module: nn.Module, src: int = 0) -> None:
     """Overwrite every buffer (BN running stats, ...) with rank ``src``'s (a no-op single-process)."""
     if is_dist():
         for buffer in module.buffers():
@@ -132,6 +140,34 @@ def seed_everything(seed: int) -> None:
     # The global NumPy RNG on purpose: HigherHRNet's augmentations draw from it.
     np.random.seed(seed % (2**32))  # noqa: NPY002
     torch.manual_seed(seed)
+
+
+def reseed_epoch(data_loader: Any, seed: int) -> None:
+    """Seed everything an epoch draws from: the global RNGs, the loader's shuffling generator and, with
+    ``WORKERS 0``, the dataset's augmentation stream. Epoch ``e`` then does not depend on whether the
+    run was resumed, so a resumed run reproduces an uninterrupted one."""
+    seed_everything(seed)
+    generator = getattr(data_loader, "generator", None)
+    if isinstance(generator, torch.Generator):
+        generator.manual_seed(seed)
+    dataset = getattr(data_loader, "dataset", None)
+    if getattr(data_loader, "num_workers", 1) == 0 and hasattr(dataset, "reseed"):
+        dataset.reseed(seed)
+
+
+def setup_determinism(seed: int, *, cudnn_benchmark: bool, cudnn_deterministic: bool, cudnn_enabled: bool) -> None:
+    """cuDNN flags (``CUDNN.*``) and, for ``seed >= 0`` (``TRAIN.SEED``), the global RNGs.
+
+    A seeded run is meant to be reproducible, so it turns benchmarking off and deterministic kernels on
+    whatever ``CUDNN.BENCHMARK`` / ``CUDNN.DETERMINISTIC`` say.
+    """
+    if torch.backends.cudnn.is_available():
+        torch.backends.cudnn.benchmark = bool(cudnn_benchmark) and seed < 0
+        torch.backends.cudnn.deterministic = bool(cudnn_deterministic) or seed >= 0
+        torch.backends.cudnn.enabled = bool(cudnn_enabled)
+    if seed >= 0:
+        # Same seed on every rank for the model init (DDP also broadcasts rank 0's weights).
+        seed_everything(int(seed))
 
 
 def rng_state() -> dict[str, Any]:
@@ -163,7 +199,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def resolve_device(name: str) -> torch.device:
     """The ``DEVICE`` key: '' -> cuda when available else cpu; otherwise the named device (a
     :class:`ConfigError` when it names CUDA on a machine without it)."""
-    from ..config import ConfigError
+    from higherpose.config import ConfigError
 
     if not name:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

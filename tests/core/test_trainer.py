@@ -10,7 +10,9 @@ import os
 import pytest
 import torch
 
+from higherpose.core import train_loop as loop
 from higherpose.core import trainer as T
+from higherpose.core.checkpointing import BEST_NAME, CHECKPOINT_NAME, FINAL_NAME, LEGACY_CHECKPOINT_NAME
 from higherpose.utils import distributed as du
 from higherpose.utils.checkpoint import load_file, load_pose_state_dict
 from higherpose.utils.meters import AverageMeter, eta_seconds, format_seconds
@@ -44,17 +46,17 @@ def test_combine_losses_matches_plain_sum():
     torch.manual_seed(0)
     hm = [torch.rand(3), torch.rand(3)]
     push, pull = [torch.rand(3), None], [torch.rand(3), None]
-    total, terms = T.combine_losses(hm, push, pull, ae_scale=4.0)
+    total, terms = loop.combine_losses(hm, push, pull, ae_scale=4.0)
     ref = hm[0].mean() + 4 * push[0].mean() + 4 * pull[0].mean() + hm[1].mean()
     assert torch.allclose(total, ref)
     assert [n for n, _ in terms] == ["stage0_heatmaps", "stage0_push", "stage0_pull", "stage1_heatmaps"]
     with pytest.raises(ValueError, match="disabled"):
-        T.combine_losses([None], [None], [None])
+        loop.combine_losses([None], [None], [None])
 
 
 def test_ae_warmup_scale(coco_sample):
     cfg = sample_cfg(coco_sample, "TRAIN.AE_WARMUP_ITERS", 3, "TRAIN.AE_WARMUP_FACTOR", 10.0)
-    assert [T._ae_scale(cfg, s) for s in range(5)] == [10.0, 10.0, 10.0, 1.0, 1.0]
+    assert [loop._ae_scale(cfg, s) for s in range(5)] == [10.0, 10.0, 10.0, 1.0, 1.0]
 
 
 def test_scheduler_equals_multisteplr_and_warms_up():
@@ -124,11 +126,11 @@ def test_meters_and_eta():
 
 
 def test_grad_scaler_settings(coco_sample):
-    assert T.make_grad_scaler(sample_cfg(coco_sample), "cpu") is None
+    assert loop.make_grad_scaler(sample_cfg(coco_sample), "cpu") is None
     bf16 = sample_cfg(coco_sample, "FP16.ENABLED", True, "FP16.DTYPE", "bfloat16")
-    assert T.make_grad_scaler(bf16, "cpu") is None  # bfloat16 needs no loss scaling
+    assert loop.make_grad_scaler(bf16, "cpu") is None  # bfloat16 needs no loss scaling
     fp16 = sample_cfg(coco_sample, "FP16.ENABLED", True, "FP16.STATIC_LOSS_SCALE", 128.0)
-    assert T.make_grad_scaler(fp16, "cpu").get_scale() == 128.0
+    assert loop.make_grad_scaler(fp16, "cpu").get_scale() == 128.0
 
 
 # ----------------------------------------------------------------------------------------------- loop
@@ -144,10 +146,10 @@ def test_training_lowers_loss_on_fixed_batch(coco_sample):
 
     def current_loss():  # train-mode BN (batch statistics), as the loss the optimiser sees
         with torch.no_grad():
-            return T.combine_losses(*loss(model(batch[0]), *batch[1:]))[0].item()
+            return loop.combine_losses(*loss(model(batch[0]), *batch[1:]))[0].item()
 
     before = current_loss()
-    stats = T.do_train(cfg, model, [batch] * 10, loss, optimizer, 0, "", "", None, state=T.TrainState())
+    stats = loop.do_train(cfg, model, [batch] * 10, loss, optimizer, 0, "", None, state=loop.TrainState())
     after = current_loss()
     assert set(stats) == {"stage0_heatmaps", "stage0_push", "stage0_pull", "stage1_heatmaps", "loss"}
     # 10 Adam steps at LR 3e-3 from HigherHRNet's N(0, 0.001) init: measured 0.0173 -> ~0.012
@@ -169,12 +171,12 @@ def test_autocast_step_on_cpu(coco_sample, dtype):
     dtypes = []
     model.final_layers[0].register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    state = T.TrainState()
+    state = loop.TrainState()
     opt = get_optimizer(cfg, model)
-    scaler = T.make_grad_scaler(cfg, "cpu")
+    scaler = loop.make_grad_scaler(cfg, "cpu")
     assert (scaler is None) == (dtype == "bfloat16")
     loss = MultiLossFactory(cfg)
-    stats = T.do_train(cfg, model, [batch] * 2, loss, opt, 0, "", "", None, True, scaler=scaler, state=state)
+    stats = loop.do_train(cfg, model, [batch] * 2, loss, opt, 0, "", None, True, scaler=scaler, state=state)
     assert dtypes == [getattr(torch, dtype)] * 2
     assert state.global_step == 2 and math.isfinite(stats["loss"])
     w = model.state_dict()["final_layers.0.weight"]
@@ -209,7 +211,7 @@ def test_clip_warmup_channels_last_and_ae_warmup(coco_sample):
         before = [p.detach().clone() for p in model.parameters()]
         opt = get_optimizer(cfg, model)
         sched = build_scheduler(cfg, opt)
-        stats = T.do_train(cfg, model, [batch], MultiLossFactory(cfg), opt, 0, "", "", None, scheduler=sched)
+        stats = loop.do_train(cfg, model, [batch], MultiLossFactory(cfg), opt, 0, "", None, scheduler=sched)
         step = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)])
         return stats, step.norm().item(), opt.param_groups[0]["lr"]
 
@@ -249,12 +251,12 @@ def test_resume_reproduces_uninterrupted_run(coco_sample, tmp_path):
     opts = ["TRAIN.ITERS_PER_EPOCH", 2, "AUTO_RESUME", True]
     straight = run_fit(sample_cfg(coco_sample, *opts, "TRAIN.END_EPOCH", 2), tmp_path / "a")
     run_fit(sample_cfg(coco_sample, *opts, "TRAIN.END_EPOCH", 1), tmp_path / "b")
-    first = load_file(str(tmp_path / "b" / T.CHECKPOINT_NAME))
+    first = load_file(str(tmp_path / "b" / CHECKPOINT_NAME))
     assert first["epoch"] == 1 and first["global_step"] == 2
     resumed = run_fit(sample_cfg(coco_sample, *opts, "TRAIN.END_EPOCH", 2), tmp_path / "b")
     assert resumed.epoch == straight.epoch == 2 and resumed.global_step == straight.global_step == 4
 
-    a, b = load_file(str(tmp_path / "a" / T.CHECKPOINT_NAME)), load_file(str(tmp_path / "b" / T.CHECKPOINT_NAME))
+    a, b = load_file(str(tmp_path / "a" / CHECKPOINT_NAME)), load_file(str(tmp_path / "b" / CHECKPOINT_NAME))
     _assert_same_state(a["model"], b["model"])
     _assert_same_state(a["optimizer"]["state"], b["optimizer"]["state"])
     assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
@@ -270,22 +272,22 @@ def test_ema_and_cosine_resume_exactly(coco_sample, tmp_path, monkeypatch):
     cfg = sample_cfg(coco_sample, *opts, "TRAIN.END_EPOCH", 2)
     run_fit(cfg, tmp_path / "a")
     # run b is killed when epoch 1 starts (the cosine depends on END_EPOCH, so the config stays the same)
-    real_do_train = T.do_train
+    real_do_train = loop.do_train
 
     def killed_at_epoch_1(*args, **kwargs):
         if args[5] == 1:
             raise KeyboardInterrupt
         return real_do_train(*args, **kwargs)
 
-    monkeypatch.setattr(T, "do_train", killed_at_epoch_1)
+    monkeypatch.setattr(loop, "do_train", killed_at_epoch_1)
     with pytest.raises(KeyboardInterrupt):
         run_fit(cfg, tmp_path / "b")
-    monkeypatch.setattr(T, "do_train", real_do_train)
+    monkeypatch.setattr(loop, "do_train", real_do_train)
     run_fit(cfg, tmp_path / "b")
-    a, b = load_file(str(tmp_path / "a" / T.CHECKPOINT_NAME)), load_file(str(tmp_path / "b" / T.CHECKPOINT_NAME))
+    a, b = load_file(str(tmp_path / "a" / CHECKPOINT_NAME)), load_file(str(tmp_path / "b" / CHECKPOINT_NAME))
     assert int(a["ema"]["n_averaged"]) == int(b["ema"]["n_averaged"]) == 4
     _assert_same_state(a["ema"], b["ema"])
-    final = load_file(str(tmp_path / "a" / T.FINAL_NAME))
+    final = load_file(str(tmp_path / "a" / FINAL_NAME))
     # final_state.pth holds the average (plain keys), not the last weights
     _assert_same_state(final, {k[len("module.") :]: v for k, v in a["ema"].items() if k.startswith("module.")})
     assert not torch.equal(final["final_layers.0.weight"], a["model"]["final_layers.0.weight"])
@@ -296,17 +298,17 @@ def test_checkpoint_contents_and_final_weights(coco_sample, tmp_path):
 
     cfg = sample_cfg(coco_sample, "TRAIN.ITERS_PER_EPOCH", 1, "TRAIN.END_EPOCH", 1)
     run_fit(cfg, tmp_path)
-    ckpt = load_file(str(tmp_path / T.CHECKPOINT_NAME))
+    ckpt = load_file(str(tmp_path / CHECKPOINT_NAME))
     for key in ("model", "state_dict", "optimizer", "scheduler", "scaler", "epoch", "global_step", "best_perf"):
         assert key in ckpt
     assert ckpt["config"].startswith("AUTO_RESUME") and set(ckpt["rng"]) >= {"python", "numpy", "torch"}
     assert not any(k.startswith("module.") for k in ckpt["model"])
-    final = load_file(str(tmp_path / T.FINAL_NAME))
+    final = load_file(str(tmp_path / FINAL_NAME))
     assert all(isinstance(v, torch.Tensor) for v in final.values())
     model = build_model(cfg, is_train=False)
     model.load_state_dict(final, strict=True)  # plain keys: HigherHRNet-style code loads it as is
     load_pose_state_dict(model, final, strict=True)
-    assert not (tmp_path / T.BEST_NAME).exists()  # no validation ran: no 'best'
+    assert not (tmp_path / BEST_NAME).exists()  # no validation ran: no 'best'
 
 
 def test_legacy_higherhrnet_checkpoint_resumes(coco_sample, tmp_path):
@@ -318,16 +320,16 @@ def test_legacy_higherhrnet_checkpoint_resumes(coco_sample, tmp_path):
     opt = torch.optim.Adam(model.parameters(), lr=cfg.TRAIN.LR)
     legacy = {"epoch": 2, "model": cfg.MODEL.NAME, "perf": 2, "optimizer": opt.state_dict()}
     legacy["state_dict"] = {f"module.{k}": v for k, v in model.state_dict().items()}
-    torch.save(legacy, tmp_path / T.LEGACY_CHECKPOINT_NAME)
+    torch.save(legacy, tmp_path / LEGACY_CHECKPOINT_NAME)
     state = run_fit(cfg, tmp_path)
     assert state.epoch == 3 and state.global_step == 1 and state.best_perf is None
-    assert load_file(str(tmp_path / T.CHECKPOINT_NAME))["scheduler"]["last_epoch"] == 3
+    assert load_file(str(tmp_path / CHECKPOINT_NAME))["scheduler"]["last_epoch"] == 3
 
 
 def test_killed_save_keeps_previous_checkpoint(coco_sample, tmp_path, monkeypatch):
     opts = ["TRAIN.ITERS_PER_EPOCH", 1, "AUTO_RESUME", True]
     run_fit(sample_cfg(coco_sample, *opts, "TRAIN.END_EPOCH", 1), tmp_path)
-    path = tmp_path / T.CHECKPOINT_NAME
+    path = tmp_path / CHECKPOINT_NAME
     real_save = torch.save
 
     def dying_save(obj, f, *args, **kwargs):
@@ -364,11 +366,11 @@ def test_nan_loss_stops_with_message_and_keeps_checkpoint(coco_sample, tmp_path)
     from higherpose.core.loss import MultiLossFactory
 
     cfg = sample_cfg(coco_sample, "TRAIN.ITERS_PER_EPOCH", 2, "TRAIN.END_EPOCH", 3)
-    with pytest.raises(T.NonFiniteLossError) as err:
+    with pytest.raises(loop.NonFiniteLossError) as err:
         run_fit(cfg, tmp_path, loss_factory=NaNAt(MultiLossFactory(cfg), {3}))
     msg = str(err.value)
     assert "epoch 1 step 1/2" in msg and "global step 3" in msg and "in stage0_push" in msg, msg
-    ckpt = load_file(str(tmp_path / T.CHECKPOINT_NAME))
+    ckpt = load_file(str(tmp_path / CHECKPOINT_NAME))
     assert ckpt["epoch"] == 1 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
     # a restart (AUTO_RESUME, e.g. after lowering the LR) redoes epoch 1 from that checkpoint
     state = run_fit(
@@ -394,15 +396,15 @@ def test_nan_skip_policy_counts_and_gives_up(coco_sample, tmp_path):
     cfg = sample_cfg(coco_sample, "TRAIN.ITERS_PER_EPOCH", 2, "TRAIN.END_EPOCH", 2, "TRAIN.NAN_POLICY", "skip")
     state = run_fit(cfg, tmp_path / "a", loss_factory=NaNAt(MultiLossFactory(cfg), {0, 2}))
     assert state.nan_skipped == 2 and state.global_step == 2  # 4 batches, 2 skipped
-    assert all(torch.isfinite(v).all() for v in load_file(str(tmp_path / "a" / T.FINAL_NAME)).values())
+    assert all(torch.isfinite(v).all() for v in load_file(str(tmp_path / "a" / FINAL_NAME)).values())
 
     cfg = sample_cfg(coco_sample, "TRAIN.NAN_POLICY", "skip")
     model = TwoStageConv()  # cheap stand-in: the give-up path does not need a real model
     loss = NaNAt(MultiLossFactory(cfg), range(100))
-    state = T.TrainState()
-    with pytest.raises(T.NonFiniteLossError, match="20 non-finite steps in a row"):
-        T.do_train(cfg, model, [fixed_batch(cfg)] * 30, loss, get_optimizer(cfg, model), 0, "", "", None, state=state)
-    assert state.nan_skipped == T.MAX_NAN_IN_A_ROW
+    state = loop.TrainState()
+    with pytest.raises(loop.NonFiniteLossError, match="20 non-finite steps in a row"):
+        loop.do_train(cfg, model, [fixed_batch(cfg)] * 30, loss, get_optimizer(cfg, model), 0, "", None, state=state)
+    assert state.nan_skipped == loop.MAX_NAN_IN_A_ROW
 
 
 def test_validation_writes_best_and_tensorboard(coco_sample, tmp_path):
@@ -410,7 +412,7 @@ def test_validation_writes_best_and_tensorboard(coco_sample, tmp_path):
     opts += ["TEST.FLIP_TEST", False]
     state = run_fit(sample_cfg(coco_sample, *opts), tmp_path)
     assert state.best_perf is not None and state.best_epoch == 0
-    best = load_file(str(tmp_path / T.BEST_NAME))
+    best = load_file(str(tmp_path / BEST_NAME))
     assert not any(k.startswith("module.") for k in best)
     tags = tensorboard_tags(tmp_path / "tb")
     assert {"train/stage0_heatmaps_loss", "train/stage1_heatmaps_loss", "train/stage0_push_loss"} <= tags
@@ -455,12 +457,12 @@ def test_time_budget_cuts_epochs_keeps_schedule_and_resumes(coco_sample, tmp_pat
     assert full.global_step == 8 and full.train_seconds > 0
     budgeted = run_fit(sample_cfg(coco_sample, *opts, "TRAIN.TIME_BUDGET", 0.5), tmp_path / "budget")
     assert budgeted.epoch == 2 and budgeted.global_step == 3
-    ckpt = load_file(str(tmp_path / "budget" / T.CHECKPOINT_NAME))
+    ckpt = load_file(str(tmp_path / "budget" / CHECKPOINT_NAME))
     assert ckpt["train_state"]["train_seconds"] == pytest.approx(budgeted.train_seconds)
     assert budgeted.train_seconds >= 30.0  # the fake clock's time, spent
     # LR_STEP [1]: the last epoch still ran at LR x 0.1 (the schedule is the config's, only shorter)
     assert ckpt["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.003 * 0.1)
-    assert os.path.isfile(tmp_path / "budget" / T.FINAL_NAME)
+    assert os.path.isfile(tmp_path / "budget" / FINAL_NAME)
     # resumed with one more epoch: the spent budget comes from the checkpoint, the new epoch takes one step
     more = ["TRAIN.TIME_BUDGET", 0.5, "TRAIN.END_EPOCH", 3]
     resumed = run_fit(sample_cfg(coco_sample, *opts, *more), tmp_path / "budget")

@@ -60,7 +60,7 @@ def _train_step_job(path: str, root: str, input_size: int, batch: int, steps: in
     """In a fresh process: samples/s of ``steps`` training steps on one fixed batch, and peak memory."""
     import torch
 
-    from higherpose.core import trainer as T
+    from higherpose.core import train_loop as T
     from higherpose.core.loss import MultiLossFactory
     from higherpose.dataset.build import make_dataloader
     from higherpose.models import build_model
@@ -78,12 +78,12 @@ def _train_step_job(path: str, root: str, input_size: int, batch: int, steps: in
     optimizer = get_optimizer(cfg, model)
     ctx = DistContext(device=device)
     state = T.TrainState()
-    T.do_train(cfg, model, [fixed], loss, optimizer, 0, "", "", None, state=state, ctx=ctx)  # warm-up
+    T.do_train(cfg, model, [fixed], loss, optimizer, 0, "", None, state=state, ctx=ctx)  # warm-up
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    T.do_train(cfg, model, [fixed] * steps, loss, optimizer, 0, "", "", None, state=state, ctx=ctx)
+    T.do_train(cfg, model, [fixed] * steps, loss, optimizer, 0, "", None, state=state, ctx=ctx)
     if device == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
@@ -108,7 +108,7 @@ def _loader_job(path: str, root: str, batch: int, batches: int, threads: int) ->
     ``do_train`` fed by that loader (samples/s and the fraction of the step time spent waiting for data)."""
     import torch
 
-    from higherpose.core import trainer as T
+    from higherpose.core import train_loop as T
     from higherpose.core.loss import MultiLossFactory
     from higherpose.dataset.build import make_dataloader
     from higherpose.models import build_model
@@ -152,7 +152,7 @@ def _loader_job(path: str, root: str, batch: int, batches: int, threads: int) ->
                 yield b
 
     wait_start = time.perf_counter()
-    T.do_train(cfg, model, Timed(), loss, optimizer, 0, "", "", None, state=T.TrainState())
+    T.do_train(cfg, model, Timed(), loss, optimizer, 0, "", None, state=T.TrainState())
     total = time.perf_counter() - wait_start
     fed_sps = batches * cfg.TRAIN.IMAGES_PER_GPU / total
     return {

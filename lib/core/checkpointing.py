@@ -1,0 +1,122 @@
+"""Training checkpoints: what a run saves (weights, optimiser, schedule, loss scaler, weight average,
+:class:`~higherpose.core.train_loop.TrainState`, config, RNG states), how it resumes, and the file names
+in the output folder. The file-level I/O (atomic saves, tolerant loading) is
+:mod:`higherpose.utils.checkpoint`.
+
+Differences from HigherHRNet: checkpoints load on the CPU (no ``map_location`` bug); weights are saved
+with plain keys (no ``module.``); HigherHRNet's ``checkpoint.pth.tar`` is still accepted for resuming,
+and its ``perf`` (the epoch number, not a metric) is not taken as the best AP.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from typing import Any
+
+import torch
+from torch import nn
+
+from higherpose.core.train_loop import TrainState
+from higherpose.utils import distributed as du
+from higherpose.utils.checkpoint import (
+    CheckpointError,
+    extract_state_dict,
+    load_file,
+    load_pose_state_dict,
+    save_atomic,
+)
+from higherpose.utils.ema import ModelEMA
+from higherpose.utils.optim import WarmupMultiStepLR
+
+CHECKPOINT_NAME = "checkpoint.pth"
+LEGACY_CHECKPOINT_NAME = "checkpoint.pth.tar"  # HigherHRNet's name, still accepted for resuming
+BEST_NAME = "model_best.pth"
+FINAL_NAME = "final_state.pth"
+
+
+def bare_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Plain-key (no ``module.``) contiguous CPU weights, loadable by valid.py and HigherHRNet code."""
+    return {k: v.detach().cpu().contiguous() for k, v in du.unwrap(model).state_dict().items()}
+
+
+def checkpoint_to_resume(output_dir: str) -> str | None:
+    """``checkpoint.pth`` in ``output_dir``, else HigherHRNet's ``checkpoint.pth.tar``, else None."""
+    for name in (CHECKPOINT_NAME, LEGACY_CHECKPOINT_NAME):
+        path = os.path.join(output_dir, name)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def save_checkpoint(
+    path: str,
+    cfg: Any,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: WarmupMultiStepLR | None,
+    scaler: torch.amp.GradScaler | None,
+    state: TrainState,
+    ema: ModelEMA | None = None,
+) -> None:
+    """Everything needed to resume, written atomically (a crash mid-save keeps the previous file)."""
+    weights = bare_state_dict(model)
+    obj = {
+        "epoch": state.epoch,  # the next epoch to run (HigherHRNet: epoch + 1)
+        "arch": cfg.MODEL.NAME,
+        "model": weights,  # bare keys
+        "state_dict": weights,  # same tensors (stored once): the key HigherHRNet-style code reads
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "ema": ema.state_dict() if ema is not None else None,  # TRAIN.EMA_DECAY's averaged weights
+        "global_step": state.global_step,
+        "best_perf": state.best_perf,
+        "train_state": asdict(state),
+        "config": cfg.dump(),
+        "rng": du.rng_state(),
+    }
+    save_atomic(obj, path)
+
+
+def load_checkpoint(
+    path: str,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: WarmupMultiStepLR | None,
+    scaler: torch.amp.GradScaler | None,
+    restore_rng: bool = True,
+    ema: ModelEMA | None = None,
+) -> TrainState:
+    """Resume from ours or HigherHRNet's training checkpoint (loaded on the CPU: no ``map_location`` bug).
+
+    HigherHRNet's ``perf`` is the epoch number, not a metric, so it is not taken as the best AP.
+    """
+    ckpt = load_file(path)
+    if not isinstance(ckpt, dict) or "epoch" not in ckpt:
+        raise CheckpointError(f"{path} is not a training checkpoint (no 'epoch'); use it as MODEL.PRETRAINED")
+    load_pose_state_dict(du.unwrap(model), extract_state_dict(ckpt), strict=True, source=path)
+    if ckpt.get("optimizer") is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    state = TrainState(**ckpt["train_state"]) if "train_state" in ckpt else TrainState()
+    state.epoch = int(ckpt["epoch"])
+    state.global_step = int(ckpt.get("global_step", state.global_step))
+    state.best_perf = ckpt.get("best_perf", state.best_perf)
+    state.nan_in_a_row = 0
+    if scheduler is not None:
+        if ckpt.get("scheduler"):
+            scheduler.load_state_dict(ckpt["scheduler"])
+        else:
+            scheduler.global_step = state.global_step
+            scheduler.set_epoch(state.epoch)
+    if scaler is not None and ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    if ema is not None:
+        if ckpt.get("ema"):
+            ema.load_state_dict(ckpt["ema"])
+        else:  # a checkpoint written without TRAIN.EMA_DECAY: the average starts from the resumed weights
+            ema.n_averaged.zero_()
+            ema.update_parameters(du.unwrap(model))
+    if restore_rng and ckpt.get("rng"):
+        du.set_rng_state(ckpt["rng"])
+    return state
