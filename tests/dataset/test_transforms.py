@@ -253,6 +253,32 @@ def test_affine_matrix_maps_crop_and_pads_with_masked_border() -> None:
     assert out_img[0, 0].max() == 0 and out_img[128, 128].min() == 200
 
 
+def test_mask_border_keeps_pixels_whose_source_is_inside_by_half_a_pixel() -> None:
+    """A crop at factor 1 reaching 7.7 px left of the image: output column q samples image column
+    q - 7.7. Bilinear with a zero border gives (1 - 0.7) = 0.3 at column 7 (source -0.7): below the 0.5
+    threshold, masked; column 8 (source 0.3) is inside. Rows are all inside."""
+    t = RandomAffineTransform(32, [32], 0, 1.0, 1.0, "short", 0)
+    t.draw = lambda h, w, rng: (np.array([8.3, 20.0]), 32 / 200, 1.0, 0.0)
+    _, masks, _ = t(np.zeros((40, 40, 3), np.uint8), [np.ones((40, 40), bool)], [np.zeros((0, 17, 3))], None)
+    want = np.ones((32, 32), np.float32)
+    want[:, :8] = 0
+    np.testing.assert_array_equal(masks[0], want)
+
+
+def test_scale_aware_sigma_shrinks_with_the_zoom() -> None:
+    """DATASET.SCALE_AWARE_SIGMA: the per-person sigma (column 3) is divided by the drawn zoom factor
+    (a crop 1.25x larger shows persons 1.25x smaller); positions follow the affine."""
+    t = RandomAffineTransform(64, [16, 32], 0, 1.25, 1.25, "short", 0, scale_aware_sigma=True)
+    t.draw = lambda h, w, rng: (np.array([50.0, 50.0]), 100 * 1.25 / 200, 1.25, 0.0)
+    joints = np.zeros((1, 17, 4))
+    joints[0, :, :3] = (50.0, 50.0, 2)
+    joints[0, :, 3] = 2.0
+    _, _, out = t(np.zeros((100, 100, 3), np.uint8), [np.ones((100, 100), bool)] * 2, [joints] * 2, None)
+    for res, j in zip((16, 32), out):
+        np.testing.assert_allclose(j[0, :, 3], 1.6)
+        np.testing.assert_allclose(j[0, :, :2], res / 2)
+
+
 def test_random_draws_follow_the_generator() -> None:
     t = RandomAffineTransform(256, OUTPUTS, 30, 0.75, 1.5, "short", 40)
     a = [t.draw(425, 640, np.random.default_rng(5)) for _ in range(2)]
