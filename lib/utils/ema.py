@@ -2,9 +2,9 @@
 
 Not in HigherHRNet. Weights trained at a high learning rate jitter from step to step; their running
 average is often the better model, at the cost of one extra copy of it (on the synthetic quick start,
-whose LR drops for the last epoch, it was not: see the README). BatchNorm statistics are averaged with
-the parameters (``use_buffers=True``), so the averaged model is usable as it is, without a pass to
-recompute them.
+whose LR drops for the last epoch, it was not: docs/experiments/quickstart.md). BatchNorm statistics
+are averaged with the parameters (``use_buffers=True``), so the averaged model is usable as it is,
+without a pass to recompute them.
 """
 
 from __future__ import annotations

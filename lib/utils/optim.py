@@ -35,7 +35,8 @@ class WarmupMultiStepLR(torch.optim.lr_scheduler.LRScheduler):
 
     With ``cosine_iters > 0`` the milestone decay is replaced by a per-step cosine from ``base_lr`` to 0
     over ``cosine_iters`` steps (``TRAIN.LR_SCHEDULER 'cosine'``), the usual choice for a fixed budget
-    (on the synthetic quick start it did not beat HigherHRNet's late drop; see the README).
+    (on the synthetic quick start it did not beat HigherHRNet's late drop: docs/experiments/quickstart.md,
+    "Which batch size, learning rate, schedule and initialisation?").
 
     Closed form, so resuming only needs ``last_epoch`` and ``global_step`` (both in ``state_dict``).
     Call :meth:`step` once per epoch (after it, as HigherHRNet) and :meth:`step_iter` before every
