@@ -7,7 +7,7 @@ Seeding (why augmentations differ per worker and epoch, and how a run reproduces
   worker (= the loader's per-epoch base seed + worker id), so workers never share a stream, and a
   new epoch (new workers, new base seed; or the continuing stream of persistent workers) draws anew.
 - The base seed comes from the loader's ``generator``. With ``TRAIN.SEED >= 0`` it is a
-  ``torch.Generator`` seeded with ``TRAIN.SEED + rank`` (and the DistributedSampler uses
+  ``torch.Generator`` seeded with ``TRAIN.SEED + 1_000_003 * rank`` (and the DistributedSampler uses
   ``seed=TRAIN.SEED``), so the same config, worker count and world size give the same batches.
   With ``TRAIN.SEED < 0`` the global torch RNG decides (random unless the trainer seeds torch).
 - With ``WORKERS = 0`` the dataset's generator is seeded from the same base seed in the main process.
