@@ -13,6 +13,7 @@ import torch
 from higherpose.models import build_model
 from higherpose.utils.checkpoint import CheckpointError
 from tests.conftest import REPO, TINY_HRNET, load_cfg
+from tests.core.test_inference import PerfectModel, _samples
 
 sys.path.insert(0, str(REPO / "tools"))  # tools/ is a folder of scripts, not a package
 import valid  # noqa: E402
@@ -23,21 +24,42 @@ def _opts(coco_sample, out):
             "OUTPUT_DIR", str(out), "LOG_DIR", str(out / "log"), "DEVICE", "cpu"]  # fmt: skip
 
 
-def test_valid_end_to_end(coco_sample, tmp_path):
+@pytest.fixture
+def perfect_outputs(monkeypatch, coco_sample):
+    """The network valid.py builds (and loads the weights into) outputs perfect heatmaps and tags
+    rendered from the ground truth of the COCO sample image in its input."""
+    ann_file = coco_sample / "annotations" / "person_keypoints_val2017.json"
+    samples, _ = _samples(coco_sample, ann_file, coco_sample / "images" / "val2017")
+    build = valid.build_model
+
+    def build_with_perfect_outputs(cfg, is_train=False):
+        model = build(cfg, is_train=is_train)
+        model.forward = PerfectModel(cfg, samples).forward
+        return model
+
+    monkeypatch.setattr(valid, "build_model", build_with_perfect_outputs)
+
+
+def test_valid_end_to_end(coco_sample, tmp_path, perfect_outputs):
+    """The weights load strictly into the tiny network, whose forward outputs perfect maps: every
+    person is found, so the evaluator's values are known."""
     torch.manual_seed(0)
     cfg = load_cfg(TINY_HRNET, *_opts(coco_sample, tmp_path))
     weights = tmp_path / "random.pth"
     torch.save(build_model(cfg, is_train=False).state_dict(), weights)
 
-    # One of the four images keeps it quick (random weights give many candidates to group and refine).
+    # The first image only (000000000785: one person, area 27789 > 96^2, i.e. large): the evaluation
+    # is restricted to it, so perfect outputs give 1 everywhere but the medium rows, -1 (no such GT);
+    # an evaluation over all four images would miss the other images' persons.
     args = ["--cfg", str(TINY_HRNET), *_opts(coco_sample, tmp_path), "TEST.SUBSET", "1"]
     metrics = valid.main([*args, "TEST.MODEL_FILE", str(weights)])
     assert list(metrics)[:3] == ["AP", "Ap .5", "AP .75"]
-    assert all(v == -1.0 or 0.0 <= v <= 1.0 for v in metrics.values())  # -1: no GT in that area range
+    medium = {"AP (M)", "AR (M)"}
+    assert dict(metrics) == pytest.approx({k: -1.0 if k in medium else 1.0 for k in metrics}, abs=1e-6)
 
     out = tmp_path / "coco_kpt" / "pose_higher_hrnet" / "higher_hrnet_tiny"
     results = json.loads((out / "results" / "keypoints_val2017_results.json").read_text())
-    assert {r["image_id"] for r in results} <= {785}  # the first image of the json
+    assert len(results) == 1 and results[0]["image_id"] == 785  # its one person, once
     assert all(len(r["keypoints"]) == 51 for r in results)
     saved = json.loads((out / "metrics_val2017.json").read_text())
     assert saved["metrics"] == dict(metrics)
@@ -45,10 +67,14 @@ def test_valid_end_to_end(coco_sample, tmp_path):
     assert "| Arch | AP | Ap .5 |" in log and "| pose_hig... |" in log
     assert (out / "result_valid_0.jpg").is_file()  # HigherHRNet's picture every PRINT_FREQ images
 
-    # Without TEST.MODEL_FILE the weights are looked up in the output folder.
+    # Without TEST.MODEL_FILE the weights are looked up in the output folder; all four images, their
+    # 12 persons with keypoints (medium and large) all found.
     os.replace(weights, out / "final_state.pth")
-    again = valid.main([*args, "TEST.FLIP_TEST", "False", "TEST.REFINE", "False"])
-    assert set(again) == set(metrics)
+    whole = ["--cfg", str(TINY_HRNET), *_opts(coco_sample, tmp_path), "TEST.FLIP_TEST", "False", "TEST.REFINE", "False"]
+    again = valid.main(whole)
+    assert dict(again) == pytest.approx(dict.fromkeys(metrics, 1.0), abs=1e-6)
+    results = json.loads((out / "results" / "keypoints_val2017_results.json").read_text())
+    assert len(results) == 12 and {r["image_id"] for r in results} == {785, 40083, 196141, 197388}
 
 
 def test_valid_clear_errors(coco_sample, tmp_path):
