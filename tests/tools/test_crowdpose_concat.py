@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
-import crowdpose_concat_train_val as tool  # noqa: E402
+from tests.conftest import load_tool
+
+tool = load_tool("crowdpose_concat_train_val")
 
 
 def test_concat_train_val(crowdpose_sample: Path, tmp_path: Path) -> None:

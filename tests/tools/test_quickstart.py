@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import sys
 from pathlib import Path
 
 import cv2
@@ -19,12 +18,11 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from tests.conftest import load_cfg
+from tests.conftest import load_cfg, load_tool
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tools"))
-import ablation  # noqa: E402
-import quickstart  # noqa: E402
+quickstart = load_tool("quickstart")
+ablation = load_tool("ablation")
 
 # Added to the heatmap biases of the trained weights. The smoke model's heatmap logits lie far above -12
 # (they start at -4.6, a 1 % prior), so its heatmaps then exceed TEST.DETECTION_THRESHOLD (0.5) nearly

@@ -12,11 +12,10 @@ import torch
 
 from higherpose.models import build_model
 from higherpose.utils.checkpoint import CheckpointError
-from tests.conftest import REPO, TINY_HRNET, load_cfg
+from tests.conftest import REPO, TINY_HRNET, load_cfg, load_tool
 from tests.core.test_inference import PerfectModel, _samples
 
-sys.path.insert(0, str(REPO / "tools"))  # tools/ is a folder of scripts, not a package
-import valid  # noqa: E402
+valid = load_tool("valid")
 
 
 def _opts(coco_sample, out):
