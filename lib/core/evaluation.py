@@ -4,14 +4,18 @@ validation loop shared by tools/valid.py and training.
 Result files follow HigherHRNet's ``CocoDataset.evaluate``: one dict per person with the flattened
 ``(x, y, heat value)`` keypoints, the person score, ``image_id`` and ``category_id`` 1; no OKS-NMS or
 rescoring. Differences: plain Python floats (HigherHRNet's ``np.float`` fails on NumPy >= 1.24),
-atomic writing, clear errors for empty results and unknown image ids, and the CrowdPose API replaced by
-faster-coco-eval's ``keypoints_crowd`` (same numbers, see ../shared/data/README.md).
+atomic writing, clear errors for unknown image ids, the CrowdPose API replaced by faster-coco-eval's
+``keypoints_crowd`` (same numbers, see ../shared/data/README.md), and COCO-format ground truth without
+``area`` / ``bbox`` / ``iscrowd`` / ``num_keypoints`` (common in custom sets) completed in memory, where
+pycocotools would stop with a ``KeyError``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
+import json
 import logging
 import os
 import sys
@@ -69,6 +73,80 @@ def _check_image_ids(results: Iterable[dict], known: Iterable[int], gt_json_path
         raise ValueError(f"{len(unknown)} result image ids are not in {gt_json_path}: {shown}")
 
 
+def _labelled_extent(keypoints: Sequence[float]) -> list[float]:
+    """``[x, y, w, h]`` around the labelled joints (v > 0) of a flat ``(x, y, v) * K`` list; zeros when none."""
+    kpts = np.asarray(keypoints, dtype=np.float64).reshape(-1, 3)
+    labelled = kpts[kpts[:, 2] > 0, :2]
+    if not len(labelled):
+        return [0.0, 0.0, 0.0, 0.0]
+    (x0, y0), (x1, y1) = labelled.min(axis=0), labelled.max(axis=0)
+    return [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]
+
+
+def complete_coco_annotations(dataset: dict) -> dict[str, int]:
+    """Add, in place, the annotation fields pycocotools' keypoint evaluation reads and custom COCO-format
+    files often lack: ``area`` (bbox ``w * h``, else the extent of the labelled keypoints), ``bbox``
+    (that extent), ``num_keypoints`` (labelled joints) and ``iscrowd`` (0). Present fields are kept.
+    Returns how many annotations got each field, and ``area_from_bbox`` / ``area_from_keypoints``."""
+    counts = dict.fromkeys(("area", "area_from_bbox", "area_from_keypoints", "bbox", "num_keypoints", "iscrowd"), 0)
+    for ann in dataset.get("annotations", []):
+        keypoints = ann.get("keypoints") or []
+        if "area" not in ann:
+            has_box = "bbox" in ann and len(ann["bbox"]) == 4
+            w, h = (ann["bbox"][2], ann["bbox"][3]) if has_box else _labelled_extent(keypoints)[2:]
+            ann["area"] = float(w) * float(h)
+            counts["area"] += 1
+            counts["area_from_bbox" if has_box else "area_from_keypoints"] += 1
+        if "bbox" not in ann:  # COCOeval's OKS measures unlabelled persons against their box
+            ann["bbox"] = _labelled_extent(keypoints)
+            counts["bbox"] += 1
+        if "num_keypoints" not in ann:
+            ann["num_keypoints"] = int(sum(1 for v in keypoints[2::3] if v > 0))
+            counts["num_keypoints"] += 1
+        if "iscrowd" not in ann:
+            ann["iscrowd"] = 0
+            counts["iscrowd"] += 1
+    return counts
+
+
+def _load_coco_ground_truth(gt_json_path: str) -> Any:
+    """pycocotools ``COCO`` of ``gt_json_path``, built from an in-memory copy completed by
+    :func:`complete_coco_annotations`; the file itself is only read. Logs what was computed."""
+    from pycocotools.coco import COCO
+
+    with open(gt_json_path, encoding="utf-8") as f:
+        data = json.load(f)
+    counts = complete_coco_annotations(data)
+    if counts["area"]:
+        _log.info(
+            "%s: %d of %d annotations have no 'area': computed from the bbox (w*h) for %d, from the labelled "
+            "keypoints' extent for %d",
+            gt_json_path, counts["area"], len(data.get("annotations", [])),
+            counts["area_from_bbox"], counts["area_from_keypoints"],
+        )  # fmt: skip
+    filled = [f"'{k}' for {n}" for k, n in counts.items() if n and k in ("bbox", "num_keypoints", "iscrowd")]
+    if filled:
+        _log.info("%s: computed missing %s annotations", gt_json_path, ", ".join(filled))
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def _empty_results(gt: Any, coco_class: type) -> Any:
+    """A result set without detections for ``gt`` (pycocotools' ``loadRes([])`` fails on the empty list),
+    so that empty results go through the evaluator like any others."""
+    dt = coco_class()
+    dt.dataset = {
+        "images": list(gt.dataset.get("images", [])),
+        "categories": copy.deepcopy(gt.dataset.get("categories", [])),
+        "annotations": [],
+    }
+    dt.createIndex()
+    return dt
+
+
 def evaluate_keypoints(
     gt_json_path: str,
     results: list[dict],
@@ -81,27 +159,32 @@ def evaluate_keypoints(
     dataset: 'coco' (pycocotools ``COCOeval(..., 'keypoints')``), 'crowd_pose' (faster-coco-eval
     ``keypoints_crowd``, CrowdPose sigmas, ``use_area=False``) or 'custom' (COCO evaluation with
     ``sigmas``, default COCO's). ``image_ids`` restricts the evaluation to those images (a subset run).
-    Returns an OrderedDict of the evaluator's stats (names as HigherHRNet); empty results give zeros.
+    For COCO and custom sets, annotations without ``area`` / ``bbox`` / ``num_keypoints`` / ``iscrowd``
+    are completed in memory (:func:`complete_coco_annotations`); the file is never changed.
+    Returns an OrderedDict of the evaluator's stats (names as HigherHRNet). Empty results are evaluated
+    too: 0 where there are persons, -1 (the evaluator's "no such persons") for a size range without any,
+    as with detections.
     """
     if dataset not in ("coco", "crowd_pose", "custom"):
         raise ValueError(f"dataset = {dataset!r}: choose 'coco', 'crowd_pose' or 'custom'")
     names = CROWDPOSE_NAMES if dataset == "crowd_pose" else COCO_NAMES
     results = [dict(r) for r in results]  # the evaluators add fields (area, id) to the dicts
+    quiet = io.StringIO()
     if dataset == "crowd_pose":
+        # CrowdPose files have no area; use_area=False below means it is never read
         from faster_coco_eval import COCO
         from faster_coco_eval import COCOeval_faster as COCOeval
+
+        with contextlib.redirect_stdout(quiet):
+            gt = COCO(gt_json_path)
     else:
         from pycocotools.coco import COCO
         from pycocotools.cocoeval import COCOeval
 
-    quiet = io.StringIO()
-    with contextlib.redirect_stdout(quiet):
-        gt = COCO(gt_json_path)
+        gt = _load_coco_ground_truth(gt_json_path)
     _check_image_ids(results, gt.getImgIds(), gt_json_path)
-    if not results:
-        return OrderedDict((n, 0.0) for n in names)
     with contextlib.redirect_stdout(quiet):
-        dt = gt.loadRes(results)
+        dt = gt.loadRes(results) if results else _empty_results(gt, COCO)
         if dataset == "crowd_pose":
             ev = COCOeval(
                 gt,

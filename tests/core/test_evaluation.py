@@ -96,3 +96,71 @@ def test_print_name_value_layout(caplog):
         table = print_name_value(logging.getLogger("t"), values, "pose_higher_hrnet")
     assert table.splitlines() == ["| Arch | AP | Ap .5 |", "|---|---|---|", "| pose_hig... | 0.671 | 0.860 |"]
     assert "pose_hig..." in caplog.text
+
+
+def _write_gt(tmp_path, name: str, data: dict) -> str:
+    path = tmp_path / name
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def _keypoint_extent(keypoints: list[float]) -> list[float]:
+    """The box [x, y, w, h] around an annotation's labelled keypoints (v > 0), written as a plain loop."""
+    xs = [keypoints[i] for i in range(0, len(keypoints), 3) if keypoints[i + 2] > 0]
+    ys = [keypoints[i + 1] for i in range(0, len(keypoints), 3) if keypoints[i + 2] > 0]
+    if not xs:
+        return [0.0, 0.0, 0.0, 0.0]
+    return [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
+
+
+def test_ground_truth_without_area_matches_bbox_area(tmp_path, caplog):
+    gt = json.loads(shared_path("coco_sample", "annotations", "person_keypoints_val2017.json").read_text())
+    preds = json.loads(shared_path("eval_fixtures", "coco_sample_preds.json").read_text())
+    with_area, without_area = json.loads(json.dumps(gt)), json.loads(json.dumps(gt))
+    for ann in with_area["annotations"]:
+        ann["area"] = ann["bbox"][2] * ann["bbox"][3]
+    for ann in without_area["annotations"]:
+        del ann["area"]
+    reference = evaluate_keypoints(_write_gt(tmp_path, "with_area.json", with_area), preds, "coco")
+    user_file = _write_gt(tmp_path, "without_area.json", without_area)
+    before = open(user_file, "rb").read()
+    with caplog.at_level(logging.INFO, logger="higherpose.core.evaluation"):
+        metrics = evaluate_keypoints(user_file, preds, "coco")
+    assert metrics == reference and metrics["AP"] > 0.5
+    assert open(user_file, "rb").read() == before  # the user's file is never rewritten
+    assert "14 of 14 annotations" in caplog.text and "bbox" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+    # no bbox either: area and bbox from the extent of the labelled keypoints
+    extent, bare = json.loads(json.dumps(gt)), json.loads(json.dumps(without_area))
+    for ann in extent["annotations"]:
+        ann["bbox"] = _keypoint_extent(ann["keypoints"])
+        ann["area"] = ann["bbox"][2] * ann["bbox"][3]
+    for ann in bare["annotations"]:
+        del ann["bbox"]
+    reference = evaluate_keypoints(_write_gt(tmp_path, "extent.json", extent), preds, "coco")
+    assert evaluate_keypoints(_write_gt(tmp_path, "bare.json", bare), preds, "coco") == reference
+
+
+def test_size_ranges_without_persons_are_minus_one_with_and_without_detections(tmp_path):
+    gt = json.loads(shared_path("coco_sample", "annotations", "person_keypoints_val2017.json").read_text())
+    gt["annotations"] = [a for a in gt["annotations"] if not 32**2 <= a["area"] < 96**2]  # no medium persons
+    path = _write_gt(tmp_path, "no_medium.json", gt)
+    preds = json.loads(shared_path("eval_fixtures", "coco_sample_preds.json").read_text())
+    found = evaluate_keypoints(path, preds, "coco")
+    empty = evaluate_keypoints(path, [], "coco")
+    assert found["AP (M)"] == empty["AP (M)"] == -1.0 and found["AR (M)"] == empty["AR (M)"] == -1.0
+    assert found["AP (L)"] > 0 and empty["AP (L)"] == 0.0 and empty["AR (L)"] == 0.0
+    only_785 = evaluate_keypoints(path, [], "coco", image_ids=[785])  # one large person: no medium ones
+    assert only_785["AP (M)"] == -1.0 and only_785["AP"] == 0.0
+
+
+def test_crowd_ranges_without_images_are_minus_one_with_and_without_detections():
+    gt_path = shared_path("crowdpose_sample", "json", "crowdpose_test.json")
+    gt = json.loads(gt_path.read_text())  # crowd indices 0.33 and 0.39: medium images only
+    preds = [{"image_id": a["image_id"], "category_id": 1, "keypoints": a["keypoints"], "score": 1.0}
+             for a in gt["annotations"] if sum(a["keypoints"][2::3]) > 0]  # fmt: skip
+    found = evaluate_keypoints(str(gt_path), preds, "crowd_pose")
+    empty = evaluate_keypoints(str(gt_path), [], "crowd_pose")
+    assert found["AP (E)"] == empty["AP (E)"] == found["AP (H)"] == empty["AP (H)"] == -1.0
+    assert found["AP (M)"] == 1.0 and empty["AP (M)"] == 0.0
