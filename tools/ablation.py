@@ -19,7 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-from quickstart import DEFAULT_NPROC, REPO, SMOKE_TRAIN, make_data, pipeline
+from higherpose.config import cfg as default_cfg
+from higherpose.config import update_config
+from higherpose.core.quickstart import DEFAULT_NPROC, REPO, SMOKE_TRAIN, SMOKE_VALID, StepError, make_data, pipeline
 
 CONFIGS = {
     "HigherHRNet (tiny)": "experiments/synthetic/higher_hrnet_tiny.yaml",
@@ -30,9 +32,6 @@ CONFIGS = {
 def size_opts(cfg_file: str, size: int) -> list[str]:
     """Overrides that test ``cfg_file`` at short side ``size`` and train it at the config's own
     training/test input ratio."""
-    from higherpose.config import cfg as default_cfg
-    from higherpose.config import update_config
-
     cfg = default_cfg.clone()
     update_config(cfg, argparse.Namespace(cfg=str(REPO / cfg_file), opts=[]))
     test = cfg.TEST.INPUT_SIZE or cfg.DATASET.INPUT_SIZE
@@ -68,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     output = Path(args.output) if Path(args.output).is_absolute() else REPO / args.output
     make_data(data_root, args.smoke)
     train = list(SMOKE_TRAIN) if args.smoke else []
-    valid = ["TEST.FLIP_TEST", "False", "TEST.REFINE", "False"] if args.smoke else []
+    valid = SMOKE_VALID if args.smoke else []
     rows: dict[str, dict[str, float]] = {}
     seconds: dict[str, int] = {}
     for size in args.sizes:
@@ -91,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     start = time.perf_counter()
-    code = main()
+    try:
+        code = main()
+    except StepError as err:
+        sys.exit(f"ablation: {err}")
     print(f"[ablation] {time.perf_counter() - start:.0f} s")
     sys.exit(code)

@@ -2,9 +2,9 @@
 
     python tools/benchmark.py [--quick] [--only data core model train] [--output benchmark.json]
 
-Each section lives in ``tools/bench/<section>.py`` and returns rows ``{name, value, unit, detail}``
-(medians over several repetitions after a warm-up). The table is printed as markdown and written,
-with the machine description, to a JSON file (atomically).
+Each section is a module ``higherpose.core.bench_<section>`` whose ``run(quick)`` returns rows
+``{name, value, unit, detail}`` (medians over several repetitions after a warm-up). The table is
+printed as markdown and written, with the machine description, to a JSON file (atomically).
 """
 
 from __future__ import annotations
@@ -60,12 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default="output/benchmark.json", help="JSON file for the results")
     args = parser.parse_args(argv)
 
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     rows: list[dict[str, Any]] = []
     failed: list[str] = []
     for section in args.only or SECTIONS:
         try:
-            module = importlib.import_module(f"bench.{section}")
+            module = importlib.import_module(f"higherpose.core.bench_{section}")
         except ModuleNotFoundError as err:
             print(f"[benchmark] section {section}: not available ({err})", file=sys.stderr)
             failed.append(section)

@@ -30,13 +30,13 @@ import torch
 
 from higherpose.config import ConfigError, update_config
 from higherpose.config import cfg as default_cfg
+from higherpose.core.eval_model import load_eval_model
 from higherpose.core.evaluation import poses_to_coco_results, write_results_json
 from higherpose.core.group import HeatmapParser
 from higherpose.core.inference import predict_image
 from higherpose.dataset.specs import spec_from_cfg
 from higherpose.models import build_model
-from higherpose.utils.checkpoint import CheckpointError, extract_state_dict, load_file, load_pose_state_dict
-from higherpose.utils.distributed import resolve_device
+from higherpose.utils.checkpoint import CheckpointError
 from higherpose.utils.vis import draw_poses, imwrite_atomic
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -58,30 +58,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=None, help="KEY VALUE config overrides")
     return parser.parse_args(argv)
-
-
-# --------------------------------------------------------------------------------------------------
-
-
-def load_model(cfg, random_weights: bool = False) -> torch.nn.Module:
-    """The configured network with ``TEST.MODEL_FILE`` loaded strictly, in eval mode, on ``DEVICE``."""
-    model = build_model(cfg, is_train=False)
-    path = cfg.TEST.MODEL_FILE
-    if path:
-        load_pose_state_dict(model, extract_state_dict(load_file(path)), strict=True, source=path)
-    elif random_weights:
-        bar = "!" * 78
-        print(
-            f"{bar}\n!! WARNING: --random-weights: no TEST.MODEL_FILE, running an UNTRAINED {cfg.MODEL.NAME}.\n"
-            f"!! The poses drawn are meaningless; this only exercises the pipeline.\n{bar}",
-            file=sys.stderr,
-        )
-    else:
-        raise CheckpointError(
-            "TEST.MODEL_FILE is not set: pass the weights as `TEST.MODEL_FILE path/to/model.pth` after the "
-            "options (or --random-weights for a smoke run with an untrained model)"
-        )
-    return model.to(resolve_device(cfg.DEVICE)).eval()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -237,11 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg = default_cfg.clone()
     update_config(cfg, args)
     kind, paths = collect(Path(args.input))
-    model = load_model(cfg, args.random_weights)
+    model, _, device = load_eval_model(cfg, random_weights=args.random_weights, build=build_model)
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     demo = Demo(cfg, model, args)
-    device = next(model.parameters()).device
     print(f"demo: {cfg.MODEL.NAME} on {device}, {kind} {args.input} -> {out_dir}", file=sys.stderr)
 
     start = time.perf_counter()

@@ -23,8 +23,9 @@ from typing import Any
 import torch
 import torch.multiprocessing as mp
 
-from higherpose.config import ConfigError, update_config
+from higherpose.config import ConfigError, check_config, update_config
 from higherpose.config import cfg as default_cfg
+from higherpose.dataset.build import annotation_file
 from higherpose.utils import distributed as du
 
 
@@ -53,26 +54,16 @@ def load_config(args: argparse.Namespace) -> Any:
     return cfg
 
 
-def _train_annotation(cfg: Any) -> str:
-    root, split = cfg.DATASET.ROOT, cfg.DATASET.TRAIN
-    if cfg.DATASET.DATASET == "crowd_pose_kpt":
-        return os.path.join(root, "json", f"crowdpose_{split}.json")
-    return os.path.join(root, "annotations", f"person_keypoints_{split}.json")
-
-
 def preflight(cfg: Any, nproc: int) -> None:
-    """Fail before any process starts, with a message naming the key, when the run cannot work.
+    """Fail before any process starts, with a message naming the key, when the run cannot work:
+    :func:`check_config` (the config's own consistency), then what only start-up can check (the
+    process count, the data and weight files).
 
     Generates the synthetic set here (once) rather than racing in every spawned process.
     """
+    check_config(cfg)
     if nproc < 1:
         raise ConfigError(f"--nproc = {nproc}: must be at least 1")
-    if cfg.TRAIN.IMAGES_PER_GPU < 1:
-        raise ConfigError(f"TRAIN.IMAGES_PER_GPU = {cfg.TRAIN.IMAGES_PER_GPU}: must be at least 1")
-    if cfg.TRAIN.END_EPOCH <= cfg.TRAIN.BEGIN_EPOCH:
-        raise ConfigError(
-            f"TRAIN.END_EPOCH = {cfg.TRAIN.END_EPOCH} must be larger than TRAIN.BEGIN_EPOCH = {cfg.TRAIN.BEGIN_EPOCH}"
-        )
     root = cfg.DATASET.ROOT
     if cfg.DATASET.SYNTHETIC and not os.path.isdir(root):
         from higherpose.dataset.synthetic import ensure_synthetic
@@ -84,7 +75,7 @@ def preflight(cfg: Any, nproc: int) -> None:
             f"DATASET.ROOT = {root!r} does not exist (DATA_DIR = {cfg.DATA_DIR!r}); point it at the data set, "
             "or set DATASET.SYNTHETIC True to generate the synthetic one"
         )
-    ann = _train_annotation(cfg)
+    ann = annotation_file(cfg, is_train=True)
     if not os.path.isfile(ann):
         raise ConfigError(
             f"DATASET.TRAIN = {cfg.DATASET.TRAIN!r}: annotation file {ann} not found "

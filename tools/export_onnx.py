@@ -4,20 +4,15 @@
         --output pose_higher_hrnet_w32_512.onnx --image photo.jpg \\
         TEST.MODEL_FILE models/pose_higher_hrnet_w32_512.pth
 
-The graph has one input ``image`` (B, 3, H, W), ImageNet-normalised RGB, with dynamic batch, height and
-width (multiples of 32; the test-time resize gives multiples of 64), and one output per stage, named
-by content and resolution: ``heatmaps_tags_1_4`` (B, 2K, H/4, W/4) and ``heatmaps_1_2`` (B, K, H/2,
-W/2) for the HigherHRNet / HigherPose layouts. The check runs the exported file with onnxruntime
-(CPU) on a real image (``--image``; without it a generated test pattern, and the tool says so)
-resized as at test time, as a batch of two (the image and its mirror image) at a size other than the
-export example, prints the max abs difference per output and exits 1 when one is above ``--tol``.
+The graph (one input ``image`` (B, 3, H, W) with dynamic batch, height and width; one output per
+stage, ``heatmaps_tags_1_4`` and ``heatmaps_1_2``) is described in ``higherpose.core.onnx_export``.
+The check runs the exported file with onnxruntime (CPU) on a real image (``--image``; without it a
+generated test pattern, and the tool says so) resized as at test time, as a batch of two (the image
+and its mirror image) at a size other than the export example, prints the max abs difference per
+output and exits 1 when one is above ``--tol``.
 
-The legacy TorchScript exporter (``dynamo=False``) is used: it keeps H and W symbolic through the
-SAT head's ``scaled_dot_product_attention`` (opset >= 14) and its per-forward sine position
-encodings, and it needs no extra package (the dynamo exporter needs onnxscript).
-
-Grouping on onnxruntime outputs: wrap the session in :class:`OnnxPoseNet` and pass it to
-``higherpose.core.inference.predict_image`` instead of the PyTorch model.
+Grouping on onnxruntime outputs: wrap the session in ``higherpose.core.onnx_export.OnnxPoseNet`` and
+pass it to ``higherpose.core.inference.predict_image`` instead of the PyTorch model.
 """
 
 from __future__ import annotations
@@ -25,25 +20,18 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
-import warnings
 from pathlib import Path
+from typing import Any
 
 import cv2
-import numpy as np
 import torch
-from torch import nn
 
 from higherpose.config import ConfigError, update_config
 from higherpose.config import cfg as default_cfg
-from higherpose.core.inference import eval_input_size
-from higherpose.dataset.transforms import IMAGENET_MEAN, IMAGENET_STD
-from higherpose.models import build_model
-from higherpose.utils.checkpoint import CheckpointError, extract_state_dict, load_file, load_pose_state_dict
-from higherpose.utils.transforms import resize_align_multi_scale
-
-MIN_OPSET = 14  # scaled_dot_product_attention needs opset 14 in the TorchScript exporter
+from higherpose.core.eval_model import load_eval_model
+from higherpose.core.onnx_export import MIN_OPSET, OnnxPoseNet, check_batch, export_onnx, output_names, test_pattern
+from higherpose.utils.checkpoint import CheckpointError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -60,81 +48,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-class _TupleOutputs(nn.Module):
-    """The pose network with a tuple of stage outputs (what the exporter names one by one)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(self.model(image))
-
-
-class OnnxPoseNet(nn.Module):
-    """An exported pose network run by onnxruntime, usable wherever the PyTorch model is called
-    (``predict_image``, ``get_multi_stage_outputs``): ``(B, 3, H, W)`` tensor → list of stage tensors."""
-
-    def __init__(self, path: str | os.PathLike, providers: list[str] | None = None):
-        super().__init__()
-        import onnxruntime as ort
-
-        self.session = ort.InferenceSession(str(path), providers=providers or ["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
-        self.output_names = [o.name for o in self.session.get_outputs()]
-
-    def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
-        outputs = self.session.run(None, {self.input_name: image.detach().cpu().float().numpy()})
-        return [torch.from_numpy(o).to(image.device) for o in outputs]
-
-
-def output_names(outputs: list[torch.Tensor], input_width: int, num_joints: int) -> list[str]:
-    """``heatmaps_tags_1_4`` / ``heatmaps_1_2`` ...: content (tag channels beyond the K heatmaps or
-    not) and resolution relative to the input, one per stage."""
-    names = []
-    for out in outputs:
-        ratio = input_width / out.shape[-1]
-        res = f"1_{round(ratio)}" if ratio >= 1 else f"{round(1 / ratio)}_1"
-        names.append(("heatmaps_tags_" if out.shape[1] > num_joints else "heatmaps_") + res)
-    if len(set(names)) != len(names):
-        names = [f"{n}_stage{i}" for i, n in enumerate(names)]
-    return names
-
-
-def test_pattern(height: int = 360, width: int = 480) -> np.ndarray:
-    """A deterministic RGB picture (gradient, shapes, stick figures): not a photograph."""
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    image = np.stack([xx / width * 255, yy / height * 255, (xx + yy) % 97 * 2.6], axis=-1).astype(np.uint8)
-    image = np.ascontiguousarray(image)
-    for i, cx in enumerate(range(width // 6, width, width // 3)):
-        color = (255, 80 + 60 * i, 40)
-        cv2.circle(image, (cx, height // 4), height // 16, color, -1)
-        cv2.line(image, (cx, height // 4), (cx, height * 2 // 3), color, 6)
-        cv2.line(image, (cx - 40, height // 2 - 30), (cx + 40, height // 2 - 30), color, 6)
-        cv2.line(image, (cx, height * 2 // 3), (cx - 30, height - 20), color, 6)
-        cv2.line(image, (cx, height * 2 // 3), (cx + 30, height - 20), color, 6)
-    return image
-
-
-def load_model(cfg, random_weights: bool) -> nn.Module:
-    """The configured network on the CPU, eval mode, with ``TEST.MODEL_FILE`` loaded strictly."""
-    model = build_model(cfg, is_train=False)
-    path = cfg.TEST.MODEL_FILE
-    if path:
-        load_pose_state_dict(model, extract_state_dict(load_file(path)), strict=True, source=path)
-    elif random_weights:
-        print("WARNING: --random-weights: exporting an UNTRAINED model (pipeline smoke test)", file=sys.stderr)
-    else:
-        raise CheckpointError(
-            "TEST.MODEL_FILE is not set: pass the weights as `TEST.MODEL_FILE path/to/model.pth` "
-            "(or --random-weights to export an untrained model)"
-        )
-    return model.eval()
-
-
-def check_input(cfg, image_path: str) -> torch.Tensor:
-    """The check batch (2, 3, h, w): the image resized as at test time (short side TEST.INPUT_SIZE, long
-    side a multiple of 64) and its mirror image, ImageNet-normalised."""
+def check_input(cfg: Any, image_path: str) -> torch.Tensor:
+    """The check batch (2, 3, h, w) of :func:`check_batch`: the image at ``image_path`` (a generated test
+    pattern when empty) resized as at test time and its mirror image, ImageNet-normalised."""
     if image_path:
         bgr = cv2.imread(image_path, cv2.IMREAD_COLOR)
         if bgr is None:
@@ -144,47 +60,7 @@ def check_input(cfg, image_path: str) -> torch.Tensor:
     else:
         rgb = test_pattern()
         print("NOTE: no --image given: checking on a generated test pattern, not a real photograph")
-    resized, _, _ = resize_align_multi_scale(np.ascontiguousarray(rgb), eval_input_size(cfg), 1.0, 1.0)
-    x = torch.from_numpy(np.stack([resized, resized[:, ::-1]])).permute(0, 3, 1, 2).float().div(255)
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return ((x - mean) / std).contiguous()
-
-
-def export(model: nn.Module, path: str, example: torch.Tensor, names: list[str], opset: int) -> None:
-    """TorchScript-based export with dynamic batch / height / width, written atomically."""
-    dynamic_axes = {"image": {0: "batch", 2: "height", 3: "width"}}
-    for name in names:
-        suffix = name.rsplit("_", 2)[-2:]
-        dynamic_axes[name] = {0: "batch", 2: f"height_{'_'.join(suffix)}", 3: f"width_{'_'.join(suffix)}"}
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp.onnx", dir=folder)
-    os.close(fd)
-    try:
-        with warnings.catch_warnings():
-            # the TorchScript exporter announces its own deprecation; the dynamo one needs onnxscript
-            warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
-            warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx\..*")
-            torch.onnx.export(
-                _TupleOutputs(model),
-                (example,),
-                tmp,
-                dynamo=False,
-                opset_version=opset,
-                input_names=["image"],
-                output_names=names,
-                dynamic_axes=dynamic_axes,
-                do_constant_folding=True,
-            )
-        import onnx
-
-        onnx.checker.check_model(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    return check_batch(cfg, rgb)
 
 
 def compare(names: list[str], reference: list[torch.Tensor], got: list[torch.Tensor]) -> float:
@@ -208,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = default_cfg.clone()
     update_config(cfg, args)
     output = args.output or os.path.join(cfg.OUTPUT_DIR or "output", "onnx", Path(args.cfg).stem + ".onnx")
-    model = load_model(cfg, args.random_weights)
+    model, _, _ = load_eval_model(cfg, random_weights=args.random_weights, device="cpu")
 
     x = check_input(cfg, args.image)
     with torch.no_grad():
@@ -220,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     example = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(0))
 
     start = time.perf_counter()
-    export(model, output, example, names, args.opset)
+    export_onnx(model, output, example, names, args.opset)
     print(
         f"exported {cfg.MODEL.NAME} to {output} ({os.path.getsize(output) / 2**20:.1f} MiB, opset {args.opset}, "
         f"example {tuple(example.shape)}, {time.perf_counter() - start:.1f} s)"

@@ -16,6 +16,7 @@ scores 0.5 or more (which joints the heatmaps miss or misplace). Prints the tabl
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -25,10 +26,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from valid import load_eval_model, parse_args
 
 from higherpose.config import ConfigError, update_config
 from higherpose.config import cfg as default_cfg
+from higherpose.core.eval_model import load_eval_model
 from higherpose.core.evaluation import evaluate_keypoints, poses_to_coco_results, unwrap_test_sample
 from higherpose.core.group import HeatmapParser
 from higherpose.core.inference import ImageMaps, group_by_tags, image_maps
@@ -43,6 +44,15 @@ from higherpose.utils.transforms import get_affine_transform
 # joint is not given to that person.
 RADIUS_FRACTION = 0.5
 MIN_RADIUS = 2.0  # heatmap pixels, so that tiny persons can still take the candidate at their joint
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Group the test heatmaps by the tags and by the ground truth")
+    parser.add_argument("--cfg", help="experiment configure file name", required=True, type=str)
+    parser.add_argument(
+        "opts", help="Modify config options using the command-line", default=None, nargs=argparse.REMAINDER
+    )
+    return parser.parse_args(argv)
 
 
 def labelled_people(anns: list[dict], num_joints: int) -> tuple[np.ndarray, np.ndarray]:
@@ -134,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict[str, OrderedDict]:
     cfg = default_cfg.clone()
     update_config(cfg, args)
     logger, final_output_dir, _ = create_logger(cfg, args.cfg, "oracle")
-    model, weights, device = load_eval_model(cfg, final_output_dir, logger)
+    model, weights, device = load_eval_model(cfg, final_output_dir, log=logger)
     metrics, joints, ann_file, images = compare_groupings(cfg, model, device, logger)
     keys = list(metrics["tags"])
     lines = ["| grouping | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]

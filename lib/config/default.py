@@ -7,6 +7,7 @@ Use :func:`update_config` to merge a YAML and ``KEY VALUE`` overrides, then :fun
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -185,6 +186,7 @@ _C.DEBUG.SAVE_FREQ = 0  # NEW: debug grids at the steps of each epoch that are m
 MODEL_NAMES = ("pose_higher_hrnet", "higher_pose")
 TRAIN_DATASETS = ("coco_kpt", "crowd_pose_kpt", "custom_kpt")
 TEST_DATASETS = ("coco", "crowd_pose", "custom")
+MAX_LR = 1e3  # upper bound of TRAIN.LR: far above any LR that trains, far below a float32 overflow
 
 
 class ConfigError(ValueError):
@@ -356,12 +358,23 @@ def check_config(cfg: CN, source: str = "config") -> None:
         )
     if cfg.TRAIN.IMAGES_PER_GPU < 1:
         _fail(source, "TRAIN.IMAGES_PER_GPU", cfg.TRAIN.IMAGES_PER_GPU, "must be at least 1")
+    if cfg.TRAIN.END_EPOCH <= cfg.TRAIN.BEGIN_EPOCH:
+        raise ConfigError(
+            f"{source}: TRAIN.END_EPOCH = {cfg.TRAIN.END_EPOCH} must be larger than "
+            f"TRAIN.BEGIN_EPOCH = {cfg.TRAIN.BEGIN_EPOCH}"
+        )
     if cfg.TEST.IMAGES_PER_GPU < 1:
         _fail(source, "TEST.IMAGES_PER_GPU", cfg.TEST.IMAGES_PER_GPU, "must be at least 1")
     if cfg.WORKERS < 0:
         _fail(source, "WORKERS", cfg.WORKERS, "must be >= 0")
     if cfg.TRAIN.NAN_POLICY not in ("stop", "skip"):
         _fail(source, "TRAIN.NAN_POLICY", cfg.TRAIN.NAN_POLICY, "choose 'stop' or 'skip'")
+    # The optimisers cast the step size to float32: an LR (or LR x LR_FACTOR) far beyond any working
+    # value overflows there mid-run ("value cannot be converted to type float without overflow").
+    if not (math.isfinite(cfg.TRAIN.LR) and 0.0 < cfg.TRAIN.LR <= MAX_LR):
+        _fail(source, "TRAIN.LR", cfg.TRAIN.LR, f"must be a finite number in (0, {MAX_LR:g}]")
+    if not (math.isfinite(cfg.TRAIN.LR_FACTOR) and 0.0 < cfg.TRAIN.LR_FACTOR <= 1.0):
+        _fail(source, "TRAIN.LR_FACTOR", cfg.TRAIN.LR_FACTOR, "must be in (0, 1]: the LR decay at each TRAIN.LR_STEP")
     if not 0.0 <= cfg.TRAIN.EMA_DECAY < 1.0:
         _fail(source, "TRAIN.EMA_DECAY", cfg.TRAIN.EMA_DECAY, "must be in [0, 1) (0 = off)")
     if cfg.MODEL.INIT_SCHEME not in ("higherhrnet", "kaiming"):

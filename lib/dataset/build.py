@@ -92,6 +92,20 @@ def build_test_dataset(cfg) -> CocoDataset:
     return _TEST_CLASSES[ds.DATASET_TEST](ds.ROOT, ds.TEST, ds.DATA_FORMAT, spec_from_cfg(cfg))
 
 
+def annotation_file(cfg, is_train: bool = True) -> str:
+    """The annotation json that :func:`build_dataset` (``is_train``: ``DATASET.DATASET`` on
+    ``DATASET.TRAIN``) or :func:`build_test_dataset` (``DATASET.DATASET_TEST`` on ``DATASET.TEST``)
+    reads, without reading it."""
+    ds = cfg.DATASET
+    if is_train:
+        key, name, classes, split = "DATASET.DATASET", ds.DATASET, _TRAIN_CLASSES, ds.TRAIN
+    else:
+        key, name, classes, split = "DATASET.DATASET_TEST", ds.DATASET_TEST, _TEST_CLASSES, ds.TEST
+    if name not in classes:
+        raise ValueError(f"{key} = {name!r}: choose one of {sorted(classes)}")
+    return classes[name].annotation_file(ds.ROOT, split)
+
+
 def worker_init_fn(worker_id: int) -> None:
     """Give each DataLoader worker its own augmentation stream (see the module docstring)."""
     info = torch.utils.data.get_worker_info()

@@ -128,7 +128,7 @@ class CocoDataset(torch.utils.data.Dataset):
             raise FileNotFoundError(
                 f"{type(self).__name__}: dataset root not found: {self.root}\n" + self.layout.format(root=self.root)
             )
-        self.ann_file = self.annotation_path()
+        self.ann_file = self.annotation_file(self.root, self.split)
         if not os.path.isfile(self.ann_file):
             raise FileNotFoundError(
                 f"{type(self).__name__}: annotation file not found: {self.ann_file}\n"
@@ -140,9 +140,12 @@ class CocoDataset(torch.utils.data.Dataset):
         self._unreadable = multiprocessing.Value("i", 0)
 
     # -- layout -------------------------------------------------------------------------------------
-    def annotation_path(self) -> str:
-        prefix = "image_info" if "test" in self.split else "person_keypoints"
-        return os.path.join(self.root, "annotations", f"{prefix}_{self.split}.json")
+    @classmethod
+    def annotation_file(cls, root: str, split: str) -> str:
+        """Where this layout keeps the annotations of ``split`` under ``root`` (checked before any
+        dataset is built, e.g. by ``tools/dist_train.py``)."""
+        prefix = "image_info" if "test" in split else "person_keypoints"
+        return os.path.join(root, "annotations", f"{prefix}_{split}.json")
 
     def image_path(self, file_name: str) -> str:
         images = os.path.join(self.root, "images")
@@ -193,8 +196,9 @@ class CrowdPoseDataset(CocoDataset):
     def __init__(self, root: str, split: str, data_format: str = "jpg", spec: KeypointSpec = CROWDPOSE) -> None:
         super().__init__(root, split, data_format, spec)
 
-    def annotation_path(self) -> str:
-        return os.path.join(self.root, "json", f"crowdpose_{self.split}.json")
+    @classmethod
+    def annotation_file(cls, root: str, split: str) -> str:
+        return os.path.join(root, "json", f"crowdpose_{split}.json")
 
     def image_path(self, file_name: str) -> str:
         if self.data_format == "zip":

@@ -1,9 +1,7 @@
 """HeatmapParser: the vectorised adjust / refine and the linear_sum_assignment matching equal HigherHRNet's
-loops (kept here as references); persons are kept apart even when their first tags collide."""
+loops (``higherpose.core.reference``); persons are kept apart even when their first tags collide."""
 
 from __future__ import annotations
-
-import itertools
 
 import numpy as np
 import pytest
@@ -11,20 +9,10 @@ import torch
 
 from higherpose.core import group
 from higherpose.core.group import HeatmapParser, Params, match_by_tag
+from higherpose.core.reference import brute_force_assignment, ref_adjust, ref_match_by_tag, ref_refine
 from tests.conftest import TINY_HRNET, load_cfg
 
-# ---------------------------------------------------------------- references (HigherHRNet's loops)
-
-
-def brute_force_assignment(cost):
-    """Min-cost assignment of every row (rows <= cols) by enumeration: [(row, col)] sorted by row."""
-    rows, cols = cost.shape
-    best, best_cols = None, None
-    for perm in itertools.permutations(range(cols), rows):
-        total = sum(cost[r, c] for r, c in enumerate(perm))
-        if best is None or total < best:
-            best, best_cols = total, perm
-    return list(enumerate(best_cols))
+# ---------------------------------------------------------------- optimality of the assignment
 
 
 def lsa_checked_against_brute_force(cost):
@@ -40,99 +28,6 @@ def lsa_checked_against_brute_force(cost):
     best = brute_force_assignment(cost)
     assert np.isclose(sum(cost[r, c] for r, c in pairs), sum(cost[r, c] for r, c in best), rtol=0, atol=1e-6)
     return pairs
-
-
-def ref_match_by_tag(tag_k, loc_k, val_k, params, assign=brute_force_assignment):
-    """HigherHRNet's match_by_tag (dict keyed by the first tag) with a brute-force Munkres."""
-    default_ = np.zeros((params.num_joints, 3 + tag_k.shape[2]))
-    joint_dict, tag_dict = {}, {}
-    for i in range(params.num_joints):
-        idx = params.joint_order[i]
-        tags = tag_k[idx]
-        joints = np.concatenate((loc_k[idx], val_k[idx, :, None], tags), 1)
-        mask = joints[:, 2] > params.detection_threshold
-        tags, joints = tags[mask], joints[mask]
-        if joints.shape[0] == 0:
-            continue
-        if i == 0 or len(joint_dict) == 0:
-            for tag, joint in zip(tags, joints):
-                key = tag[0]
-                joint_dict.setdefault(key, np.copy(default_))[idx] = joint
-                tag_dict[key] = [tag]
-        else:
-            grouped_keys = list(joint_dict.keys())[: params.max_num_people]
-            grouped_tags = [np.mean(tag_dict[i], axis=0) for i in grouped_keys]
-            if params.ignore_too_much and len(grouped_keys) == params.max_num_people:
-                continue
-            diff = joints[:, None, 3:] - np.array(grouped_tags)[None, :, :]
-            diff_normed = np.linalg.norm(diff, ord=2, axis=2)
-            diff_saved = np.copy(diff_normed)
-            if params.use_detection_val:
-                diff_normed = np.round(diff_normed) * 100 - joints[:, 2:3]
-            num_added, num_grouped = diff.shape[0], diff.shape[1]
-            if num_added > num_grouped:
-                diff_normed = np.concatenate(
-                    (diff_normed, np.zeros((num_added, num_added - num_grouped)) + 1e10), axis=1
-                )
-            for row, col in assign(diff_normed):
-                if row < num_added and col < num_grouped and diff_saved[row][col] < params.tag_threshold:
-                    key = grouped_keys[col]
-                    joint_dict[key][idx] = joints[row]
-                    tag_dict[key].append(tags[row])
-                else:
-                    key = tags[row][0]
-                    joint_dict.setdefault(key, np.copy(default_))[idx] = joints[row]
-                    tag_dict[key] = [tags[row]]
-    return np.array([joint_dict[i] for i in joint_dict]).astype(np.float32)
-
-
-def ref_adjust(ans, det):
-    for batch_id, people in enumerate(ans):
-        for people_id, i in enumerate(people):
-            for joint_id, joint in enumerate(i):
-                if joint[2] > 0:
-                    y, x = joint[0:2]
-                    xx, yy = int(x), int(y)
-                    tmp = det[batch_id][joint_id]
-                    if tmp[xx, min(yy + 1, tmp.shape[1] - 1)] > tmp[xx, max(yy - 1, 0)]:
-                        y += 0.25
-                    else:
-                        y -= 0.25
-                    if tmp[min(xx + 1, tmp.shape[0] - 1), yy] > tmp[max(0, xx - 1), yy]:
-                        x += 0.25
-                    else:
-                        x -= 0.25
-                    ans[batch_id][people_id, joint_id, 0:2] = (y + 0.5, x + 0.5)
-    return ans
-
-
-def ref_refine(det, tag, keypoints):
-    """HigherHRNet's per-person refine: det (K, H, W), tag (K, H, W, L), keypoints (K, 3+L)."""
-    tags = []
-    for i in range(keypoints.shape[0]):
-        if keypoints[i, 2] > 0:
-            x, y = keypoints[i][:2].astype(np.int32)
-            tags.append(tag[i, y, x])
-    prev_tag = np.mean(tags, axis=0)
-    ans = []
-    for i in range(keypoints.shape[0]):
-        tmp = det[i, :, :]
-        tt = ((tag[i, :, :] - prev_tag[None, None, :]) ** 2).sum(axis=2) ** 0.5
-        tmp2 = tmp - np.round(tt)
-        y, x = np.unravel_index(np.argmax(tmp2), tmp.shape)
-        xx, yy = x, y
-        val = tmp[y, x]
-        x += 0.5
-        y += 0.5
-        x += 0.25 if tmp[yy, min(xx + 1, tmp.shape[1] - 1)] > tmp[yy, max(xx - 1, 0)] else -0.25
-        y += 0.25 if tmp[min(yy + 1, tmp.shape[0] - 1), xx] > tmp[max(0, yy - 1), xx] else -0.25
-        ans.append((x, y, val))
-    ans = np.array(ans)
-    for i in range(det.shape[0]):
-        if ans[i, 2] > 0 and keypoints[i, 2] == 0:
-            keypoints[i, :2] = ans[i, :2]
-            keypoints[i, 2] = ans[i, 2]
-    return keypoints
 
 
 # ---------------------------------------------------------------- synthetic maps

@@ -7,42 +7,8 @@ import pytest
 import torch
 
 from higherpose.core.loss import AELoss, HeatmapLoss, MultiLossFactory
+from higherpose.core.reference import loop_ae_loss
 from tests.conftest import TINY_HRNET, load_cfg
-
-
-def loop_single_tag_loss(pred_tag, joints, loss_type):
-    """HigherHRNet's AELoss.singleTagLoss (reference), zeros on the tags' device instead of .cuda()."""
-    tags, pull = [], 0
-    for joints_per_person in joints:
-        tmp = [pred_tag[j[0]] for j in joints_per_person if j[1] > 0]
-        if not tmp:
-            continue
-        tmp = torch.stack(tmp)
-        tags.append(torch.mean(tmp, dim=0))
-        pull = pull + torch.mean((tmp - tags[-1].expand_as(tmp)) ** 2)
-    n = len(tags)
-    zero = pred_tag.new_zeros(1).sum()
-    if n == 0:
-        return zero, zero
-    if n == 1:
-        return zero, pull / n
-    tags = torch.stack(tags)
-    a = tags.expand(n, n)
-    diff = a - a.permute(1, 0)
-    if loss_type == "exp":
-        push = torch.exp(-torch.pow(diff, 2)).sum() - n
-    else:
-        push = torch.clamp(1 - torch.abs(diff), min=0).sum() - n
-    return push / ((n - 1) * n) * 0.5, pull / n
-
-
-def loop_ae_loss(tags, joints, loss_type):
-    pushes, pulls = [], []
-    for i in range(tags.size(0)):
-        push, pull = loop_single_tag_loss(tags[i], joints[i].tolist(), loss_type)
-        pushes.append(push)
-        pulls.append(pull)
-    return torch.stack(pushes), torch.stack(pulls)
 
 
 def random_joints(b, m, k, res, persons, seed=0):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from higherpose.dataset.build import build_dataset, make_dataloader, make_test_dataloader
+from higherpose.dataset.build import annotation_file, build_dataset, make_dataloader, make_test_dataloader
 from tests.conftest import TINY_HRNET, load_cfg
 
 
@@ -198,3 +198,19 @@ def test_overflowing_persons_are_counted(coco_sample) -> None:
     ds.joints_generator = [type(g)(2, 17, 640, True) for g in ds.joints_generator]
     ds[ds.ids.index(197388)]  # 5 labelled persons
     assert ds.num_overflow_persons == 3
+
+
+def test_annotation_file_follows_each_layout(coco_sample, tmp_path) -> None:
+    """The file the dataset classes read, per layout: COCO's (test splits: image_info_*) and CrowdPose's
+    json/ folder; the COCO path is the one the built dataset opens."""
+    cfg = _cfg(coco_sample)
+    assert annotation_file(cfg) == build_dataset(cfg, is_train=True).ann_file
+    assert annotation_file(cfg) == str(coco_sample / "annotations" / "person_keypoints_val2017.json")
+    test_dev = _cfg(tmp_path, "DATASET.TEST", "test-dev2017")
+    assert annotation_file(test_dev, is_train=False) == str(tmp_path / "annotations" / "image_info_test-dev2017.json")
+    crowd = _cfg(
+        tmp_path, "DATASET.DATASET", "crowd_pose_kpt", "DATASET.DATASET_TEST", "crowd_pose", "DATASET.TRAIN",
+        "trainval", "DATASET.NUM_JOINTS", 14, "MODEL.NUM_JOINTS", 14,
+    )  # fmt: skip
+    assert annotation_file(crowd) == str(tmp_path / "json" / "crowdpose_trainval.json")
+    assert annotation_file(crowd, is_train=False) == str(tmp_path / "json" / "crowdpose_val2017.json")

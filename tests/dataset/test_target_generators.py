@@ -1,4 +1,5 @@
-"""Vectorised target generators == HigherHRNet's loops (reference_targets.py), on random and real joints."""
+"""Vectorised target generators == HigherHRNet's loops (``higherpose.core.reference``), on random and real
+joints."""
 
 from __future__ import annotations
 
@@ -7,16 +8,43 @@ import json
 import numpy as np
 import pytest
 
+from higherpose.core.reference import heatmaps_loop, heatmaps_udp_loop, joints_loop, joints_official
 from higherpose.dataset.target_generators import HeatmapGenerator, JointsGenerator, ScaleAwareHeatmapGenerator
 
-from .reference_targets import (
-    border_joints,
-    heatmaps_loop,
-    heatmaps_udp_loop,
-    joints_loop,
-    joints_official,
-    random_joints,
-)
+
+def random_joints(rng: np.random.Generator, num_people: int, num_joints: int, res: int) -> np.ndarray:
+    """(P, K, 4) joints spread a bit beyond the map (so clipping and truncation are exercised)."""
+    joints = np.zeros((num_people, num_joints, 4))
+    joints[..., 0] = rng.uniform(-0.1 * res, 1.1 * res, (num_people, num_joints))
+    joints[..., 1] = rng.uniform(-0.1 * res, 1.1 * res, (num_people, num_joints))
+    joints[..., 2] = rng.integers(0, 3, (num_people, num_joints))
+    joints[..., 3] = rng.uniform(0.5, 4.0, (num_people, 1))
+    return joints
+
+
+# Coordinates around both borders of a map of size R (R - offset for the negative entries): a joint
+# exactly on a pixel centre, half a pixel either side of the first and the last pixel, and beyond.
+BORDER_OFFSETS = (-1.0, -0.51, -0.5, -0.49, -0.2, 0.0, 0.3, 0.49, 0.5, 1.0)
+
+
+def border_joints(rng: np.random.Generator, num_joints: int, res: int) -> np.ndarray:
+    """(P, K, 4) joints, each with x or y (or both) at a coordinate of :data:`BORDER_OFFSETS` near
+    column / row 0 or R - 1, the other coordinate random in the map; all labelled (v = 2), σ 2."""
+    coords = list(BORDER_OFFSETS) + [res - 1 + o for o in BORDER_OFFSETS] + [res - 0.6, res - 0.4]
+    coords = np.array(coords)
+    num = len(coords)
+    persons = int(np.ceil(3 * num / num_joints))
+    joints = np.zeros((persons, num_joints, 4))
+    flat = joints.reshape(-1, 4)
+    free = rng.uniform(1, res - 2, 3 * num)
+    for i in range(3 * num):
+        c = coords[i % num]
+        kind = i // num  # 0: x at the border, 1: y at the border, 2: both (a corner)
+        flat[i, 0] = c if kind != 1 else free[i]
+        flat[i, 1] = c if kind != 0 else free[i]
+        flat[i, 2] = 2
+    joints[..., 3] = 2.0
+    return joints
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -4,6 +4,8 @@ Batch 1 on the CPU (or the first GPU when there is one). Each case runs in a fre
 so the peak-RSS delta (peak resident memory during the timed passes minus the resident memory after
 building the model) belongs to that case alone. ``quick`` uses the tiny synthetic configs at 128 and
 256; the full run uses the W32 COCO configs at 256 and 512.
+
+    python -m higherpose.core.bench_model [--quick]   # this section alone; all: python tools/benchmark.py
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import statistics
 import time
 from typing import Any
 
+# The checkout the package is installed from (editable): its experiments/.
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXPERIMENTS = os.path.join(REPO, "experiments")
 

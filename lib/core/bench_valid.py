@@ -5,7 +5,7 @@ Uses the quick start's trained weights when they exist (output/quickstart/...): 
 finds a realistic number of people, which is what grouping and refine cost depends on. Otherwise
 random weights are used and the row says so (they produce up to MAX_NUM_PEOPLE spurious people).
 
-    python tools/bench/valid.py [--quick]
+    python -m higherpose.core.bench_valid [--quick]   # this section alone; all: python tools/benchmark.py
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+# The checkout the package is installed from (editable): its experiments/, data/ and output/.
 REPO = Path(__file__).resolve().parents[2]
 CFG = REPO / "experiments" / "synthetic" / "higher_pose_tiny.yaml"
 

@@ -2,12 +2,12 @@
 
 1. Target generation for one 512×512 training sample with 30 persons (heatmaps at 1/4 and 1/2
    resolution, the ignore mask from crowd / unlabelled-person polygons, AE joints): the vectorised
-   generators against HigherHRNet's per-person, per-joint loops (``tests/dataset/reference_targets.py``,
-   the reference the tests hold the fast code to), outputs checked equal.
+   generators against HigherHRNet's per-person, per-joint loops (``higherpose.core.reference``, the
+   reference the tests hold the fast code to), outputs checked equal.
 2. ``__getitem__`` samples/s of the training dataset on the synthetic set at input 256 and 512,
    single process, one thread.
 
-    python -m tools.bench.data [--quick]
+    python -m higherpose.core.bench_data [--quick]   # this section alone; all: python tools/benchmark.py
 """
 
 from __future__ import annotations
@@ -20,33 +20,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pycocotools.mask as mask_utils
 
+from higherpose.core.reference import heatmaps_loop, joints_loop, mask_loop
 from higherpose.dataset.coco import get_mask
 from higherpose.dataset.target_generators import HeatmapGenerator, JointsGenerator
 
+# The checkout the package is installed from (editable): its experiments/ and data/.
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _reference():
-    sys.path.insert(0, str(REPO / "tests" / "dataset"))
-    try:
-        import reference_targets
-    finally:
-        sys.path.pop(0)
-    return reference_targets
-
-
-def _mask_loop(anns: list[dict], h: int, w: int) -> np.ndarray:
-    """HigherHRNet's get_mask: decode and add every crowd / unlabelled region separately."""
-    m = np.zeros((h, w))
-    for obj in anns:
-        if obj["iscrowd"]:
-            m += mask_utils.decode(mask_utils.frPyObjects(obj["segmentation"], h, w))
-        elif obj["num_keypoints"] == 0:
-            for rle in mask_utils.frPyObjects(obj["segmentation"], h, w):
-                m += mask_utils.decode(rle)
-    return m < 0.5
 
 
 def _sample(rng: np.random.Generator, size: int = 512, people: int = 30):
@@ -72,7 +52,6 @@ def _time(fn, repeats: int) -> float:
 
 
 def bench_targets(quick: bool) -> list[dict]:
-    ref = _reference()
     rng = np.random.default_rng(0)
     joints_img, anns = _sample(rng)
     sizes = (128, 256)  # INPUT 512: 1/4 and 1/2
@@ -92,9 +71,9 @@ def bench_targets(quick: bool) -> list[dict]:
         return out
 
     def loop():
-        out = [_mask_loop(anns, 512, 512)]
+        out = [mask_loop(anns, 512, 512)]
         for r, j in zip(sizes, per_res):
-            out += [ref.heatmaps_loop(j, r, 17, 2), ref.joints_loop(j, 30, 17, r, True)]
+            out += [heatmaps_loop(j, r, 17, 2), joints_loop(j, 30, 17, r, True)]
         return out
 
     equal = all(np.array_equal(a, b) for a, b in zip(fast(), loop()))

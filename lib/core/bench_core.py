@@ -1,7 +1,7 @@
 """Benchmarks of lib/core: the AE loss (vectorised vs HigherHRNet's loop), grouping with adjust + refine
 (batched refine vs the official per-person refine) and keypoint evaluation.
 
-    python tools/bench/core.py [--quick]
+    python -m higherpose.core.bench_core [--quick]   # this section alone; all: python tools/benchmark.py
 """
 
 from __future__ import annotations
@@ -15,6 +15,9 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+from higherpose.core.reference import loop_ae_loss, ref_refine
+
+# The checkout the package is installed from (editable): its experiments/ and the sample data beside it.
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SHARED = os.environ.get("HIGHERPOSE_SHARED_DATA", os.path.join(os.path.dirname(REPO), "shared", "data"))
 
@@ -36,20 +39,6 @@ def _best(fn, reps: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return min(times)
-
-
-# ------------------------------------------------------------------ official loops (timing references)
-
-
-def _references():
-    """The official loops kept in the tests as references (AE loss, per-person refine): one copy each."""
-    sys.path.insert(0, REPO)
-    try:
-        from tests.core.test_group import ref_refine
-        from tests.core.test_loss import loop_ae_loss
-    finally:
-        sys.path.pop(0)
-    return loop_ae_loss, ref_refine
 
 
 # ------------------------------------------------------------------ sections
@@ -78,7 +67,6 @@ def bench_loss(quick: bool) -> list[dict]:
 
     reps = 2 if quick else 5
     fast = _best(lambda: step(loss), reps)
-    loop_ae_loss, _ = _references()
     slow = _best(lambda: step(lambda t, j: loop_ae_loss(t, j, "exp")), 1 if quick else 2)
     detail = f"B={b}, M={m} persons, K={k}, 128x128 tag maps, forward+backward, CPU 1 thread"
     return [
@@ -118,8 +106,6 @@ def bench_parse(quick: bool) -> list[dict]:
 
     def fast():
         return parser.parse(det, tag, adjust=True, refine=True)
-
-    _, ref_refine = _references()
 
     def official_refine():
         ans = parser.adjust(parser.match(**parser.top_k(det, tag)), det)[0]

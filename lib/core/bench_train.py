@@ -11,7 +11,7 @@
 
 Data: a small synthetic set generated in a temporary folder (``higherpose.dataset.synthetic``).
 
-    python -m tools.bench.train [--quick]
+    python -m higherpose.core.bench_train [--quick]   # this section alone; all: python tools/benchmark.py
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+# The checkout the package is installed from (editable): its experiments/.
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "experiments" / "synthetic" / "higher_hrnet_tiny.yaml"
 TINY_SAT = REPO / "experiments" / "synthetic" / "higher_pose_tiny.yaml"

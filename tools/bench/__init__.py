@@ -1,1 +1,0 @@
-"""Benchmark sections; each module exposes ``run(quick: bool) -> list[dict]`` for tools/benchmark.py."""
