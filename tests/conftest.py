@@ -45,13 +45,11 @@ def crowdpose_sample() -> Path:
 
 
 def load_tool(name: str):
-    """Import ``tools/<name>.py`` as a module (tools/ is a folder of scripts, not a package); tools/
-    goes on ``sys.path`` as when the script runs, so that it can import its sibling scripts."""
+    """Import ``tools/<name>.py`` as a module (tools/ is a folder of scripts, not a package). The
+    scripts import only the ``higherpose`` package, so nothing is added to ``sys.path``."""
     import importlib.util
     import sys
 
-    if str(REPO / "tools") not in sys.path:
-        sys.path.insert(0, str(REPO / "tools"))
     spec = importlib.util.spec_from_file_location(f"_tool_{name}", REPO / "tools" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module

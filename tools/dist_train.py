@@ -163,6 +163,9 @@ def run_worker(
         else:
             print(f"[rank {rank}] {err}", file=sys.stderr)
         raise SystemExit(3) from None
+    except ConfigError as err:  # e.g. an OUTPUT_DIR that turns out not to be writable
+        print(f"dist_train.py: config error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     finally:
         du.cleanup()
 

@@ -5,19 +5,21 @@ in the output folder. The file-level I/O (atomic saves, tolerant loading) is
 
 Differences from HigherHRNet: checkpoints load on the CPU (no ``map_location`` bug); weights are saved
 with plain keys (no ``module.``); HigherHRNet's ``checkpoint.pth.tar`` is still accepted for resuming,
-and its ``perf`` (the epoch number, not a metric) is not taken as the best AP.
+and its ``perf`` (the epoch number, not a metric) is not taken as the best AP; NaN/inf weights are
+never saved (:class:`NonFiniteWeightsError`), so a file on disk always holds usable weights.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any
 
 import torch
 from torch import nn
 
-from higherpose.core.train_loop import TrainState
+from higherpose.core.train_loop import NonFiniteLossError, TrainState
 from higherpose.utils import distributed as du
 from higherpose.utils.checkpoint import (
     CheckpointError,
@@ -35,9 +37,33 @@ BEST_NAME = "model_best.pth"
 FINAL_NAME = "final_state.pth"
 
 
+class NonFiniteWeightsError(NonFiniteLossError):
+    """Weights or buffers hold NaN/inf, so they were not saved; the message names the first such tensor.
+
+    A :class:`NonFiniteLossError`: the same cause (a diverged run) and the same handling by the tools.
+    """
+
+
+def check_finite(tensors: Mapping[str, object], what: str) -> None:
+    """Raise :class:`NonFiniteWeightsError` naming the first floating-point tensor of ``tensors`` (in
+    order) with a NaN/inf value; ``what`` says what was about to be saved. Other entries are ignored."""
+    for name, t in tensors.items():
+        if isinstance(t, torch.Tensor) and t.is_floating_point():
+            bad = int((~torch.isfinite(t)).sum())
+            if bad:
+                raise NonFiniteWeightsError(f"refusing to write {what}: {name} has {bad} of {t.numel()} values NaN/inf")
+
+
 def bare_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Plain-key (no ``module.``) contiguous CPU weights, loadable by valid.py and HigherHRNet code."""
     return {k: v.detach().cpu().contiguous() for k, v in du.unwrap(model).state_dict().items()}
+
+
+def save_weights(model: nn.Module, path: str) -> None:
+    """:func:`bare_state_dict` of ``model`` to ``path`` atomically, refused when a value is NaN/inf."""
+    weights = bare_state_dict(model)
+    check_finite(weights, path)
+    save_atomic(weights, path)
 
 
 def checkpoint_to_resume(output_dir: str) -> str | None:
@@ -59,8 +85,15 @@ def save_checkpoint(
     state: TrainState,
     ema: ModelEMA | None = None,
 ) -> None:
-    """Everything needed to resume, written atomically (a crash mid-save keeps the previous file)."""
+    """Everything needed to resume, written atomically (a crash mid-save keeps the previous file).
+
+    Raises :class:`NonFiniteWeightsError` (writing nothing) when a weight, buffer or weight average is
+    NaN/inf: resuming from such a file could only diverge again.
+    """
     weights = bare_state_dict(model)
+    check_finite(weights, path)
+    if ema is not None:
+        check_finite(ema.state_dict(), f"{path} (TRAIN.EMA_DECAY weight average)")
     obj = {
         "epoch": state.epoch,  # the next epoch to run (HigherHRNet: epoch + 1)
         "arch": cfg.MODEL.NAME,

@@ -35,7 +35,8 @@ _fallback_logger = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN/inf; the message names the step and the loss terms."""
+    """The loss became NaN/inf; the message names the step and the loss terms (and, raised out of
+    :func:`higherpose.core.trainer.fit`, which checkpoint is left to resume from)."""
 
 
 @dataclass
@@ -87,14 +88,12 @@ def apply_nan_policy(step: NonFiniteStep, policy: str, state: TrainState, logger
         if state.nan_in_a_row >= MAX_NAN_IN_A_ROW:
             raise NonFiniteLossError(
                 f"{msg}; {state.nan_in_a_row} non-finite steps in a row (TRAIN.NAN_POLICY 'skip' gives up "
-                f"after {MAX_NAN_IN_A_ROW}); the last checkpoint is intact"
+                f"after {MAX_NAN_IN_A_ROW})"
             )
         if logger is not None:
             logger.warning(f"{msg}: step skipped ({state.nan_skipped} skipped so far)")
         return
-    raise NonFiniteLossError(
-        f"{msg}; stopping (TRAIN.NAN_POLICY 'stop'; 'skip' skips such steps). The last checkpoint is intact"
-    )
+    raise NonFiniteLossError(f"{msg}; stopping (TRAIN.NAN_POLICY 'stop'; 'skip' skips such steps)")
 
 
 def amp_settings(cfg: Any, device: str) -> tuple[bool, torch.dtype]:

@@ -2,8 +2,11 @@
 :func:`higherpose.core.train_loop.do_train`, validation and checkpoints.
 
 Differences from HigherHRNet: only rank 0 validates, writes TensorBoard and checkpoints; the sampler is
-re-seeded every epoch; ``model_best.pth`` holds the weights with the best *validation* AP and is only
-written when validation ran; ``final_state.pth`` holds the weight average when ``TRAIN.EMA_DECAY`` > 0.
+re-seeded every epoch; ``checkpoint.pth`` is written before validating, so a failing validation never
+costs the epoch; ``model_best.pth`` holds the weights with the best *validation* AP and is only
+written when validation ran; ``final_state.pth`` holds the weight average when ``TRAIN.EMA_DECAY`` > 0;
+each epoch ends with a summary line that counts the persons beyond ``DATASET.MAX_NUM_PEOPLE`` and the
+unreadable images skipped.
 """
 
 from __future__ import annotations
@@ -24,15 +27,22 @@ from higherpose.core.checkpointing import (
     BEST_NAME,
     CHECKPOINT_NAME,
     FINAL_NAME,
-    bare_state_dict,
     checkpoint_to_resume,
     load_checkpoint,
     save_checkpoint,
+    save_weights,
 )
-from higherpose.core.train_loop import TrainState, amp_settings, make_grad_scaler, steps_per_epoch
+from higherpose.core.train_loop import (
+    NonFiniteLossError,
+    TrainState,
+    amp_settings,
+    make_grad_scaler,
+    steps_per_epoch,
+)
 from higherpose.utils import distributed as du
-from higherpose.utils.checkpoint import save_atomic
+from higherpose.utils.atomic import remove_stale_temporaries
 from higherpose.utils.ema import ModelEMA
+from higherpose.utils.logging import ensure_writable_dir
 from higherpose.utils.meters import format_seconds
 from higherpose.utils.optim import build_scheduler, get_optimizer
 
@@ -93,6 +103,87 @@ def _log_start(
         )
 
 
+def data_counts(data_loader: Any) -> tuple[int, int]:
+    """``(persons beyond DATASET.MAX_NUM_PEOPLE, unreadable images)`` counted so far by the training set.
+
+    The dataset keeps both counters in shared memory, so samples built in DataLoader worker processes
+    count too; a loader without such a dataset (a list of batches, custom code) counts nothing.
+    """
+    dataset = getattr(data_loader, "dataset", None)
+    return int(getattr(dataset, "num_overflow_persons", 0)), int(getattr(dataset, "num_unreadable", 0))
+
+
+def _sum_over_ranks(values: list[int], device: str) -> list[int]:
+    """Each rank's dataset counts its own samples; every rank must call this (a collective)."""
+    if not du.is_dist():
+        return values
+    total = torch.tensor(values, dtype=torch.int64, device=device)
+    torch.distributed.all_reduce(total)
+    return [int(v) for v in total.tolist()]
+
+
+def _log_epoch(
+    cfg: Any, epoch: int, losses: dict[str, float], steps: int, counts: list[int], warn: bool, logger: logging.Logger
+) -> None:
+    """The epoch summary line; ``warn``: also explain the MAX_NUM_PEOPLE overflow (once a run)."""
+    overflow, unreadable = counts
+    most = cfg.DATASET.MAX_NUM_PEOPLE
+    logger.info(
+        f"=> epoch {epoch} done: {steps} steps, mean loss {losses.get('loss', float('nan')):.3e}, "
+        f"persons over DATASET.MAX_NUM_PEOPLE ({most}): {overflow}, unreadable images skipped: {unreadable}"
+    )
+    if warn:
+        logger.warning(
+            f"=> DATASET.MAX_NUM_PEOPLE = {most}: {overflow} persons in the samples of epoch {epoch} were beyond it "
+            f"and left out of the associative-embedding (push/pull) loss; raise it to the most persons an image "
+            f"holds (each epoch summary counts them)"
+        )
+
+
+def _checkpoint_note(saved: tuple[str, int] | None) -> str:
+    """What a stopped run leaves to resume from: ``saved`` is ``(path, last epoch in it)`` or None."""
+    if saved is None:
+        return "no checkpoint was written yet"
+    path, epoch = saved
+    return f"the last checkpoint ({path}, after epoch {epoch}) is intact; AUTO_RESUME True resumes from it"
+
+
+def _validate_and_keep_best(
+    cfg: Any,
+    epoch: int,
+    eval_model: nn.Module,
+    output_dir: str,
+    writer: Any,
+    state: TrainState,
+    save_resume_checkpoint: Callable[[], None],
+    logger: logging.Logger,
+) -> None:
+    """Validate after ``epoch`` (its checkpoint already written); on a better AP save ``model_best.pth``,
+    then ``checkpoint.pth`` again so that a resumed run compares against the new best AP."""
+    rng = du.rng_state()
+    try:
+        metrics = validate(cfg, eval_model, output_dir, logger)
+    except Exception as err:
+        logger.error(
+            f"=> validation after epoch {epoch} failed ({type(err).__name__}: {err}); {CHECKPOINT_NAME} of epoch "
+            f"{epoch} is saved: AUTO_RESUME True continues at epoch {epoch + 1}"
+        )
+        raise
+    finally:
+        # Validation must not change what training draws next: the checkpoint holds the states from
+        # before it, and a run resumed from there has to reproduce this one.
+        du.set_rng_state(rng)
+    ap = metrics.get("AP", float("nan"))
+    logger.info(f"=> epoch {epoch} validation AP {ap:.4f}")
+    for name, value in metrics.items():
+        writer.add_scalar(tb_tag("val", name), value, state.global_step)
+    if math.isfinite(ap) and (state.best_perf is None or ap > state.best_perf):
+        state.best_perf, state.best_epoch = ap, epoch
+        save_weights(eval_model, os.path.join(output_dir, BEST_NAME))
+        save_resume_checkpoint()
+        logger.info(f"=> new best AP {state.best_perf:.4f}: saved {BEST_NAME}")
+
+
 def _log_end(cfg: Any, state: TrainState, logger: logging.Logger) -> None:
     if state.best_perf is None:
         why = "TRAIN.VAL_FREQ = 0" if cfg.TRAIN.VAL_FREQ <= 0 else "no validation ran in this session"
@@ -125,8 +216,20 @@ def fit(
     validation AP, ``final_state.pth`` at the end) and validates; the other ranks wait at a barrier.
     ``data_loader`` / ``loss_factory`` / ``model`` / ``loader_fn(cfg, distributed)`` replace the
     default builders (tests, custom code).
+
+    An unwritable ``output_dir`` / ``tb_log_dir`` raises :class:`~higherpose.config.ConfigError` before
+    any work; temporaries left in ``output_dir`` by interrupted saves are removed; a non-finite loss or
+    non-finite weights raise :class:`NonFiniteLossError` saying which checkpoint is left (NaN/inf weights
+    are never saved).
     """
     logger = logger or _fallback_logger
+    if ctx.is_main:
+        ensure_writable_dir(output_dir, "OUTPUT_DIR")
+        ensure_writable_dir(tb_log_dir, "LOG_DIR")
+        # Temporaries of saves killed mid-write (SIGKILL, out of memory) would pile up run after run.
+        removed = remove_stale_temporaries(output_dir)
+        if removed:
+            logger.info(f"=> removed {len(removed)} temporary files left by interrupted saves: {', '.join(removed)}")
     du.setup_determinism(
         int(cfg.TRAIN.SEED),
         cudnn_benchmark=cfg.CUDNN.BENCHMARK,
@@ -158,9 +261,11 @@ def fit(
         scheduler.set_epoch(cfg.TRAIN.BEGIN_EPOCH)
 
     resume_path = checkpoint_to_resume(output_dir) if cfg.AUTO_RESUME else None
+    saved: tuple[str, int] | None = None  # the checkpoint a stopped run leaves: (path, last epoch in it)
     if resume_path:
         # Every rank loads (on the CPU) before DDP wraps the model; RNG states are rank 0's.
         state = load_checkpoint(resume_path, model, optimizer, scheduler, scaler, restore_rng=ctx.is_main, ema=ema)
+        saved = (resume_path, state.epoch - 1) if state.epoch > 0 else None
         if ctx.is_main:
             logger.info(f"=> resumed from {resume_path}: epoch {state.epoch}, global step {state.global_step}")
 
@@ -177,6 +282,12 @@ def fit(
 
     # What is validated and saved as model_best / final_state: the weight average when TRAIN.EMA_DECAY > 0.
     eval_model = ema.module if ema is not None else model
+    checkpoint_path = os.path.join(output_dir, CHECKPOINT_NAME)
+
+    def save_resume_checkpoint() -> None:
+        save_checkpoint(checkpoint_path, cfg, model, optimizer, scheduler, scaler, state, ema)
+
+    overflow_seen = False
     try:
         for epoch in range(state.epoch, cfg.TRAIN.END_EPOCH):
             if cfg.TRAIN.SEED >= 0:
@@ -184,8 +295,9 @@ def fit(
             sampler = getattr(data_loader, "sampler", None)
             if hasattr(sampler, "set_epoch"):
                 sampler.set_epoch(epoch)  # HigherHRNet never did: same order every epoch
+            counts_before, steps_before = data_counts(data_loader), state.global_step
             # Looked up on the module at each call, so that tests can replace the epoch.
-            train_loop.do_train(
+            losses = train_loop.do_train(
                 cfg,
                 model,
                 data_loader,
@@ -204,28 +316,24 @@ def fit(
             )
             scheduler.step()
             state.epoch = epoch + 1
-
-            last = epoch + 1 == cfg.TRAIN.END_EPOCH
-            val_freq = cfg.TRAIN.VAL_FREQ
-            is_best = False
-            if val_freq > 0 and ((epoch + 1) % val_freq == 0 or last):
-                if ctx.is_main:
-                    metrics = validate(cfg, eval_model, output_dir, logger)
-                    ap = metrics.get("AP", float("nan"))
-                    logger.info(f"=> epoch {epoch} validation AP {ap:.4f}")
-                    for name, value in metrics.items():
-                        writer_dict["writer"].add_scalar(tb_tag("val", name), value, state.global_step)
-                    if math.isfinite(ap) and (state.best_perf is None or ap > state.best_perf):
-                        state.best_perf, state.best_epoch, is_best = ap, epoch, True
-                du.barrier()
+            counts = _sum_over_ranks([b - a for a, b in zip(counts_before, data_counts(data_loader))], device)
             if ctx.is_main:
-                save_checkpoint(
-                    os.path.join(output_dir, CHECKPOINT_NAME), cfg, model, optimizer, scheduler, scaler, state, ema
-                )
-                if is_best:
-                    save_atomic(bare_state_dict(eval_model), os.path.join(output_dir, BEST_NAME))
-                    logger.info(f"=> new best AP {state.best_perf:.4f}: saved {BEST_NAME}")
+                warn = counts[0] > 0 and not overflow_seen
+                _log_epoch(cfg, epoch, losses, state.global_step - steps_before, counts, warn, logger)
+            overflow_seen = overflow_seen or counts[0] > 0
+
+            # The epoch's checkpoint comes first: whatever validation does, the trained epoch is kept.
+            if ctx.is_main:
+                save_resume_checkpoint()
                 logger.info(f"=> saved {CHECKPOINT_NAME} (epoch {epoch})")
+            saved = (checkpoint_path, epoch)
+            val_freq = cfg.TRAIN.VAL_FREQ
+            last = epoch + 1 == cfg.TRAIN.END_EPOCH
+            if ctx.is_main and val_freq > 0 and ((epoch + 1) % val_freq == 0 or last):
+                writer = writer_dict["writer"]
+                _validate_and_keep_best(
+                    cfg, epoch, eval_model, output_dir, writer, state, save_resume_checkpoint, logger
+                )
             du.barrier()
 
         if ctx.distributed:
@@ -233,12 +341,15 @@ def fit(
             # rank has its own; give all ranks rank 0's (the ones saved) so the final models are equal.
             du.broadcast_buffers_(du.unwrap(model))
         if ctx.is_main:
-            save_atomic(bare_state_dict(eval_model), os.path.join(output_dir, FINAL_NAME))
+            save_weights(eval_model, os.path.join(output_dir, FINAL_NAME))
             logger.info(f"=> saved {FINAL_NAME} in {output_dir}")
             _log_end(cfg, state, logger)
         # All ranks leave together: a rank that tears its gloo group down while rank 0 is still
         # writing final_state.pth was seen to abort ("terminate called without an active exception").
         du.barrier()
+    except NonFiniteLossError as err:
+        err.args = (f"{err}; {_checkpoint_note(saved)}",)
+        raise
     finally:
         if writer_dict is not None:
             writer_dict["writer"].close()

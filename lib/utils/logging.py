@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from higherpose.config import ConfigError
+
 _FORMAT = "%(asctime)-15s %(message)s"
 _OURS = "_higherpose_handler"  # marks handlers we added, so a second call replaces them
 
@@ -51,6 +53,21 @@ def setup_logger(final_output_dir: str | os.PathLike, rank: int, phase: str) -> 
     return logger, time_str
 
 
+def ensure_writable_dir(path: str | os.PathLike, key: str) -> None:
+    """Create the folder ``path`` (and its parents) and check that this process may write in it.
+
+    Raises :class:`~higherpose.config.ConfigError` in one line naming the config ``key`` it comes from
+    and the folder, before any work starts (instead of a PermissionError once the first file is written).
+    """
+    path = os.fspath(path)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as err:  # permission denied, a regular file in the way, a read-only file system
+        raise ConfigError(f"{key}: cannot create the folder {path}: {err.strerror or err}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}: the folder {path} is not writable by this user; choose another {key}")
+
+
 def output_dir_for(cfg: Any, cfg_name: str) -> Path:
     """``OUTPUT_DIR/<DATASET.DATASET>/<MODEL.NAME>/<cfg basename without extension>``."""
     dataset = cfg.DATASET.DATASET.replace(":", "_")
@@ -63,15 +80,22 @@ def create_logger(
 ) -> tuple[logging.Logger, str, str]:
     """Create the output folder and the logger. Returns ``(logger, final_output_dir, tb_log_dir)``.
 
+    An output or TensorBoard folder that cannot be created or written raises
+    :class:`~higherpose.config.ConfigError` naming ``OUTPUT_DIR`` / ``LOG_DIR`` and the folder.
+
     ``rank`` defaults to the torch.distributed rank (or the ``RANK`` environment variable, else 0).
     """
     rank = _current_rank() if rank is None else rank
     final_output_dir = output_dir_for(cfg, cfg_name)
-    final_output_dir.mkdir(parents=True, exist_ok=True)  # safe when several ranks race
-    logger, time_str = setup_logger(final_output_dir, rank, phase)
+    ensure_writable_dir(final_output_dir, "OUTPUT_DIR")  # makedirs is safe when several ranks race
     dataset = cfg.DATASET.DATASET.replace(":", "_")
     name = os.path.basename(cfg_name).split(".")[0]
-    tb_log_dir = Path(cfg.LOG_DIR) / dataset / cfg.MODEL.NAME / f"{name}_{time_str}"
+    tb_parent = Path(cfg.LOG_DIR) / dataset / cfg.MODEL.NAME
+    if rank == 0:
+        # Checked before the log file is opened, so a bad LOG_DIR fails before anything is written.
+        ensure_writable_dir(tb_parent, "LOG_DIR")
+    logger, time_str = setup_logger(final_output_dir, rank, phase)
+    tb_log_dir = tb_parent / f"{name}_{time_str}"
     if rank == 0:
         tb_log_dir.mkdir(parents=True, exist_ok=True)
     return logger, str(final_output_dir), str(tb_log_dir)

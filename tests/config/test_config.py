@@ -115,9 +115,16 @@ def test_odd_override_list_fails() -> None:
         (("DATASET.SCALE_AWARE_SIGMA", "True"), ("DATASET.USE_UDP", "SCALE_AWARE_SIGMA")),
         (("TRAIN.TIME_BUDGET", "-1"), ("TRAIN.TIME_BUDGET", "-1.0")),
         (("TRAIN.TIME_BUDGET", "15", "TRAIN.LR_SCHEDULER", "cosine"), ("TRAIN.TIME_BUDGET", "multistep")),
+        # the optimiser step overflows float32 at epoch LR_STEP[0] ("value cannot be converted ... overflow")
+        (("TRAIN.LR_FACTOR", "1e45"), ("TRAIN.LR_FACTOR", "1e+45")),
+        (("TRAIN.LR_FACTOR", "0"), ("TRAIN.LR_FACTOR", "0.0", "(0, 1]")),
+        (("TRAIN.LR_FACTOR", "1e999"), ("TRAIN.LR_FACTOR", "inf")),  # yacs reads 1e999 as inf
+        (("TRAIN.LR", "1e999"), ("TRAIN.LR", "inf")),
+        (("TRAIN.LR", "-0.001"), ("TRAIN.LR", "-0.001")),
+        (("TRAIN.LR", "1e40"), ("TRAIN.LR", "1e+40")),
     ],
 )
-def test_inconsistent_values_fail_by_name(opts: tuple[str, str], names: tuple[str, str]) -> None:
+def test_inconsistent_values_fail_by_name(opts: tuple[str, ...], names: tuple[str, ...]) -> None:
     with pytest.raises(ConfigError) as err:
         load_cfg(TINY_HRNET, *opts)
     for name in names:

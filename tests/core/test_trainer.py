@@ -1,11 +1,14 @@
 """Trainer: loss combination, LR schedule, one-epoch loop, resume, atomic checkpoints, non-finite
-losses, bf16 autocast — on the tiny HRNet at 128 px with the real COCO sample images."""
+losses, bf16 autocast, the faults a user must act on (failed validation, unwritable folders, too many
+persons, unreadable images) — on the tiny HRNet at 128 px with the real COCO sample images."""
 
 from __future__ import annotations
 
 import logging
 import math
 import os
+import re
+import shutil
 
 import pytest
 import torch
@@ -370,6 +373,7 @@ def test_nan_loss_stops_with_message_and_keeps_checkpoint(coco_sample, tmp_path)
         run_fit(cfg, tmp_path, loss_factory=NaNAt(MultiLossFactory(cfg), {3}))
     msg = str(err.value)
     assert "epoch 1 step 1/2" in msg and "global step 3" in msg and "in stage0_push" in msg, msg
+    assert f"the last checkpoint ({tmp_path / CHECKPOINT_NAME}, after epoch 0) is intact" in msg, msg
     ckpt = load_file(str(tmp_path / CHECKPOINT_NAME))
     assert ckpt["epoch"] == 1 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
     # a restart (AUTO_RESUME, e.g. after lowering the LR) redoes epoch 1 from that checkpoint
@@ -467,3 +471,158 @@ def test_time_budget_cuts_epochs_keeps_schedule_and_resumes(coco_sample, tmp_pat
     more = ["TRAIN.TIME_BUDGET", 0.5, "TRAIN.END_EPOCH", 3]
     resumed = run_fit(sample_cfg(coco_sample, *opts, *more), tmp_path / "budget")
     assert resumed.epoch == 3 and resumed.global_step == 4 and resumed.train_seconds > budgeted.train_seconds
+
+
+# ----------------------------------------------------------------------------------------------- faults
+def test_nan_loss_before_any_checkpoint_says_none_exists(coco_sample, tmp_path):
+    from higherpose.core.loss import MultiLossFactory
+
+    cfg = sample_cfg(coco_sample, "TRAIN.ITERS_PER_EPOCH", 2, "TRAIN.END_EPOCH", 2)
+    with pytest.raises(loop.NonFiniteLossError) as err:
+        run_fit(cfg, tmp_path, loss_factory=NaNAt(MultiLossFactory(cfg), {0}))
+    msg = str(err.value)
+    assert "epoch 0 step 0/2" in msg and msg.endswith("no checkpoint was written yet"), msg
+    assert "intact" not in msg and "\n" not in msg
+    assert not (tmp_path / CHECKPOINT_NAME).exists()
+
+
+def test_non_finite_weights_are_never_saved(coco_sample, tmp_path, monkeypatch):
+    from higherpose.core.checkpointing import NonFiniteWeightsError, save_checkpoint, save_weights
+
+    cfg = sample_cfg(coco_sample)
+    model = TwoStageConv()
+    with torch.no_grad():
+        model.halfres.weight[0, 0] = float("nan")
+        model.halfres.bias[3] = float("inf")  # after halfres.weight in the state dict: not the one named
+    opt = get_optimizer(cfg, model)
+    path = tmp_path / CHECKPOINT_NAME
+    with pytest.raises(NonFiniteWeightsError, match=r"halfres\.weight has 1 of 51 values NaN/inf"):
+        save_checkpoint(str(path), cfg, model, opt, None, None, loop.TrainState())
+    with pytest.raises(NonFiniteWeightsError, match="halfres.weight"):
+        save_weights(model, str(tmp_path / FINAL_NAME))
+    assert os.listdir(tmp_path) == []  # not even a temporary file
+
+    # In a run: weights that turn NaN without a NaN loss (the epoch's last step) are refused at the save.
+    real_do_train = loop.do_train
+
+    def poisoned_epoch(*args, **kwargs):
+        stats = real_do_train(*args, **kwargs)
+        with torch.no_grad():
+            args[1].final_layers[0].weight.view(-1)[0] = float("nan")
+        return stats
+
+    monkeypatch.setattr(loop, "do_train", poisoned_epoch)
+    with pytest.raises(NonFiniteWeightsError) as err:
+        run_fit(sample_cfg(coco_sample, "TRAIN.ITERS_PER_EPOCH", 1, "TRAIN.END_EPOCH", 1), tmp_path / "run")
+    msg = str(err.value)
+    assert f"refusing to write {tmp_path / 'run' / CHECKPOINT_NAME}: final_layers.0.weight" in msg, msg
+    assert msg.endswith("no checkpoint was written yet") and isinstance(err.value, loop.NonFiniteLossError)
+    assert not (tmp_path / "run" / CHECKPOINT_NAME).exists()
+
+
+def test_failed_validation_keeps_the_epoch_and_the_best(coco_sample, tmp_path, monkeypatch):
+    """The checkpoint of an epoch is written before its validation: a validation that raises costs no
+    training, the run resumes at the next epoch, and model_best / best AP stay right."""
+    aps = iter([0.5, RuntimeError("validation crashed"), 0.4])
+
+    def fake_validate(cfg, model, output_dir, logger):
+        ap = next(aps)
+        if isinstance(ap, Exception):
+            raise ap
+        return {"AP": ap}
+
+    monkeypatch.setattr(T, "validate", fake_validate)
+    opts = ["TRAIN.ITERS_PER_EPOCH", 1, "TRAIN.VAL_FREQ", 1, "AUTO_RESUME", True]
+    with pytest.raises(RuntimeError, match="validation crashed"):
+        run_fit(sample_cfg(coco_sample, *opts, "TRAIN.END_EPOCH", 2), tmp_path)
+    ckpt = load_file(str(tmp_path / CHECKPOINT_NAME))  # loads: written whole before the validation
+    assert ckpt["epoch"] == 2 and ckpt["global_step"] == 2
+    assert ckpt["best_perf"] == 0.5 and ckpt["train_state"]["best_epoch"] == 0
+    best = load_file(str(tmp_path / BEST_NAME))
+    assert not torch.equal(best["final_layers.0.weight"], ckpt["model"]["final_layers.0.weight"])  # epoch 0's
+
+    state = run_fit(sample_cfg(coco_sample, *opts, "TRAIN.END_EPOCH", 3), tmp_path)
+    assert state.epoch == 3 and state.global_step == 3  # epoch 1 was not trained again
+    assert state.best_perf == 0.5 and state.best_epoch == 0  # 0.4 at epoch 2 is no better
+    _assert_same_state(load_file(str(tmp_path / BEST_NAME)), best)
+
+
+def _epoch_summaries(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if re.match(r"=> epoch \d+ done", r.getMessage())]
+
+
+def test_persons_over_max_num_people_are_counted_across_workers(coco_sample, tmp_path, caplog):
+    # Images of the sample hold up to 5 persons; with one DataLoader worker the counting happens in
+    # another process. Each epoch sees all 4 images (2 steps of 2).
+    opts = ["DATASET.MAX_NUM_PEOPLE", 1, "WORKERS", 1, "TRAIN.END_EPOCH", 2]
+    with caplog.at_level(logging.INFO, logger="test_trainer"):
+        run_fit(sample_cfg(coco_sample, *opts), tmp_path)
+    summaries = _epoch_summaries(caplog)
+    assert len(summaries) == 2, summaries
+    for line in summaries:
+        count = re.search(r"persons over DATASET.MAX_NUM_PEOPLE \(1\): (\d+)", line)
+        assert count and int(count.group(1)) > 0, line
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "MAX_NUM_PEOPLE = 1" in r.getMessage()]
+    assert len(warnings) == 1 and "push/pull" in warnings[0].getMessage()
+
+
+def test_unreadable_images_are_counted_in_the_epoch_summary(coco_sample, tmp_path, caplog):
+    data = tmp_path / "data"
+    shutil.copytree(coco_sample, data)
+    broken = data / "images" / "val2017" / "000000040083.jpg"
+    os.chmod(broken, 0o644)
+    broken.write_bytes(b"")
+    cfg = sample_cfg(data, "TRAIN.END_EPOCH", 1)  # 2 steps of 2: every image once
+    with caplog.at_level(logging.INFO, logger="test_trainer"):
+        run_fit(cfg, tmp_path / "out")
+    (line,) = _epoch_summaries(caplog)
+    assert "unreadable images skipped: 1" in line and "persons over DATASET.MAX_NUM_PEOPLE (30): 0" in line, line
+
+
+def _output_cfg(coco_sample, output_dir, log_dir):
+    return sample_cfg(coco_sample, "OUTPUT_DIR", output_dir, "LOG_DIR", log_dir)
+
+
+def test_unwritable_output_folder_fails_in_one_line_before_any_work(coco_sample, tmp_path, monkeypatch):
+    from higherpose.config import ConfigError
+    from higherpose.utils.logging import create_logger
+
+    a_file = tmp_path / "not_a_folder"
+    a_file.write_text("")
+    # a regular file where a folder must be: fails even for root
+    with pytest.raises(ConfigError) as err:
+        create_logger(_output_cfg(coco_sample, a_file, tmp_path / "log"), "tiny.yaml")
+    msg = str(err.value)
+    assert msg.startswith("OUTPUT_DIR: cannot create the folder") and str(a_file) in msg and "\n" not in msg
+    with pytest.raises(ConfigError, match=f"LOG_DIR: cannot create the folder {re.escape(str(a_file))}"):
+        create_logger(_output_cfg(coco_sample, tmp_path / "out", a_file), "tiny.yaml")
+    assert not list((tmp_path / "out").rglob("*.log"))  # nothing written before the check
+
+    # fit checks the folders it is given before building anything
+    monkeypatch.setattr(T, "_prepare_model", lambda *a: pytest.fail("work started"))
+    with pytest.raises(ConfigError, match=f"OUTPUT_DIR: cannot create the folder {re.escape(str(a_file / 'x'))}"):
+        run_fit(sample_cfg(coco_sample), a_file / "x")
+
+    # a folder without write permission (os.access stands in for the permission bits, which root ignores)
+    real_access = os.access
+    locked = tmp_path / "locked"
+    monkeypatch.setattr(os, "access", lambda p, mode: not str(p).startswith(str(locked)) and real_access(p, mode))
+    with pytest.raises(ConfigError) as err:
+        create_logger(_output_cfg(coco_sample, locked, tmp_path / "log"), "tiny.yaml")
+    msg = str(err.value)
+    assert msg.startswith(f"OUTPUT_DIR: the folder {locked}") and "not writable" in msg and "\n" not in msg
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_output_folder_fails_in_one_line(coco_sample, tmp_path):
+    from higherpose.config import ConfigError
+    from higherpose.utils.logging import create_logger
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    os.chmod(locked, 0o500)
+    try:
+        with pytest.raises(ConfigError, match=f"OUTPUT_DIR: cannot create the folder {re.escape(str(locked))}"):
+            create_logger(_output_cfg(coco_sample, locked, tmp_path / "log"), "tiny.yaml")
+    finally:
+        os.chmod(locked, 0o700)
