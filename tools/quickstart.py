@@ -2,7 +2,7 @@
 
     python tools/quickstart.py              # what `make quickstart` runs (at most 15 minutes of training)
     python tools/quickstart.py --minutes 0  # the config's whole schedule (8,000 steps), however long it takes
-    python tools/quickstart.py --nproc 2    # train with two gloo DDP processes (see docs/quickstart_tuning.md)
+    python tools/quickstart.py --nproc 2    # train with two gloo DDP processes (docs/experiments/quickstart.md)
     python tools/quickstart.py --smoke      # a 1-minute smoke run of the same steps (used by the tests)
 
 Steps, each an ordinary project command printed before it runs, so you can re-run any of them:
@@ -25,7 +25,7 @@ from higherpose.core import quickstart as steps
 from higherpose.core.quickstart import DEFAULT_NPROC, REPO, SMOKE_TRAIN, SMOKE_VALID, StepError, run_step
 
 DEFAULT_CFG = "experiments/synthetic/higher_pose_tiny.yaml"
-# The promise to a newcomer: at most 15 minutes of training (the whole command: 14 to 17 minutes).
+# At most 15 minutes of training, so the whole command fits in about a quarter of an hour on a laptop CPU.
 DEFAULT_MINUTES = 15.0
 
 # How every step runs (echoed, timed, StepError on failure); one module-level name that a caller can

@@ -24,7 +24,8 @@ SMOKE_TRAIN += ["PRINT_FREQ", "1", "TRAIN.WARMUP_ITERS", "0"]
 SMOKE_VALID = ["TEST.FLIP_TEST", "False", "TEST.REFINE", "False"]
 # One process: the tiny YAMLs' schedule counts epochs of one process's batch 4. Two gloo processes of
 # one thread each train 1.2x more images per second on 2 cores, at a global batch of 8; within the
-# same 15 minutes that did not give a higher AP (docs/quickstart_tuning.md).
+# same 15 minutes that did not give a higher AP (docs/experiments/quickstart.md, "Do two DDP processes
+# help on two cores?").
 DEFAULT_NPROC = 1
 
 Runner = Callable[[list[str]], None]

@@ -186,7 +186,7 @@ def _validate_and_keep_best(
 
 def _log_end(cfg: Any, state: TrainState, logger: logging.Logger) -> None:
     if state.best_perf is None:
-        why = "TRAIN.VAL_FREQ = 0" if cfg.TRAIN.VAL_FREQ <= 0 else "no validation ran in this session"
+        why = "TRAIN.VAL_FREQ = 0" if cfg.TRAIN.VAL_FREQ <= 0 else "no validation ran in this run"
         logger.info(
             f"=> {BEST_NAME} not written: no validation AP ({why}); HigherHRNet's 'best' was simply "
             f"the latest weights, use {FINAL_NAME} for those"
