@@ -30,6 +30,7 @@ import torch
 
 from higherpose.config import ConfigError, update_config
 from higherpose.config import cfg as default_cfg
+from higherpose.config.cli import add_cfg_argument, add_overrides_argument
 from higherpose.core.eval_model import load_eval_model
 from higherpose.core.evaluation import poses_to_coco_results, write_results_json
 from higherpose.core.group import HeatmapParser
@@ -45,7 +46,7 @@ VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cfg", required=True, help="experiment YAML")
+    add_cfg_argument(parser)
     parser.add_argument("--input", required=True, help="an image, a folder of images, or a video")
     parser.add_argument("--output", default="output/demo", help="folder for the drawn pictures and the JSON")
     parser.add_argument("--threshold", type=float, default=0.1, help="draw joints with confidence above this")
@@ -56,7 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--random-weights", action="store_true", help="no TEST.MODEL_FILE: use an untrained model (smoke test)"
     )
-    parser.add_argument("opts", nargs=argparse.REMAINDER, default=None, help="KEY VALUE config overrides")
+    add_overrides_argument(parser)
     return parser.parse_args(argv)
 
 

@@ -25,13 +25,14 @@ import torch.multiprocessing as mp
 
 from higherpose.config import ConfigError, check_config, update_config
 from higherpose.config import cfg as default_cfg
+from higherpose.config.cli import add_cfg_argument, add_overrides_argument
 from higherpose.dataset.build import annotation_file
 from higherpose.utils import distributed as du
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Train keypoints network (HigherHRNet / HigherPose)")
-    parser.add_argument("--cfg", required=True, type=str, help="experiment configure file name")
+    add_cfg_argument(parser)
     parser.add_argument(
         "--nproc",
         type=int,
@@ -44,7 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--world-size", type=int, default=1, help="number of nodes for the tcp:// launch (HigherHRNet)")
     parser.add_argument("--dist-url", type=str, default="tcp://127.0.0.1:23456", help="rendezvous of the tcp:// launch")
     parser.add_argument("--rank", type=int, default=0, help="node rank for the tcp:// launch")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
+    add_overrides_argument(parser)
     return parser.parse_args(argv)
 
 

@@ -29,6 +29,7 @@ import torch
 
 from higherpose.config import ConfigError, update_config
 from higherpose.config import cfg as default_cfg
+from higherpose.config.cli import add_cfg_argument, add_overrides_argument
 from higherpose.core.eval_model import load_eval_model
 from higherpose.core.onnx_export import MIN_OPSET, OnnxPoseNet, check_batch, export_onnx, output_names, test_pattern
 from higherpose.utils.checkpoint import CheckpointError
@@ -36,7 +37,7 @@ from higherpose.utils.checkpoint import CheckpointError
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cfg", required=True, help="experiment YAML")
+    add_cfg_argument(parser)
     parser.add_argument("--output", default="", help="the .onnx file (default: OUTPUT_DIR/onnx/<cfg name>.onnx)")
     parser.add_argument("--image", default="", help="image for the onnxruntime check (default: a test pattern)")
     parser.add_argument("--opset", type=int, default=17, help=f"ONNX opset (>= {MIN_OPSET})")
@@ -44,7 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--random-weights", action="store_true", help="no TEST.MODEL_FILE: export an untrained model (smoke test)"
     )
-    parser.add_argument("opts", nargs=argparse.REMAINDER, default=None, help="KEY VALUE config overrides")
+    add_overrides_argument(parser)
     return parser.parse_args(argv)
 
 

@@ -22,6 +22,7 @@ import torch
 
 from higherpose.config import cfg as default_cfg
 from higherpose.config import update_config
+from higherpose.config.cli import add_cfg_argument, add_overrides_argument
 from higherpose.models import build_model
 from higherpose.utils.model_summary import count_macs, parameter_breakdown
 
@@ -31,10 +32,10 @@ PARTS = {"sat_head": ["sat_head"], "heads": ["final_layers", "deconv_layers"]}
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--cfg", required=True, help="experiment YAML")
+    add_cfg_argument(parser)
     parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="input size (default: INPUT_SIZE²)")
     parser.add_argument("--json", default="", help="also write the numbers to this JSON file")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
+    add_overrides_argument(parser)
     return parser.parse_args(argv)
 
 

@@ -29,6 +29,7 @@ from torch import nn
 
 from higherpose.config import ConfigError, update_config
 from higherpose.config import cfg as default_cfg
+from higherpose.config.cli import add_cfg_argument, add_overrides_argument
 from higherpose.core.eval_model import load_eval_model
 from higherpose.core.evaluation import evaluate_keypoints, poses_to_coco_results, unwrap_test_sample
 from higherpose.core.group import HeatmapParser
@@ -48,10 +49,7 @@ MIN_RADIUS = 2.0  # heatmap pixels, so that tiny persons can still take the cand
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Group the test heatmaps by the tags and by the ground truth")
-    parser.add_argument("--cfg", help="experiment configure file name", required=True, type=str)
-    parser.add_argument(
-        "opts", help="Modify config options using the command-line", default=None, nargs=argparse.REMAINDER
-    )
+    add_overrides_argument(add_cfg_argument(parser))
     return parser.parse_args(argv)
 
 

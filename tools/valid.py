@@ -19,6 +19,7 @@ from collections import OrderedDict
 
 from higherpose.config import ConfigError, update_config
 from higherpose.config import cfg as default_cfg
+from higherpose.config.cli import add_cfg_argument, add_overrides_argument
 from higherpose.core.eval_model import load_eval_model
 from higherpose.core.evaluation import print_name_value, run_validation
 from higherpose.models import build_model
@@ -29,10 +30,7 @@ from higherpose.utils.logging import create_logger
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Test keypoints network")
-    parser.add_argument("--cfg", help="experiment configure file name", required=True, type=str)
-    parser.add_argument(
-        "opts", help="Modify config options using the command-line", default=None, nargs=argparse.REMAINDER
-    )
+    add_overrides_argument(add_cfg_argument(parser))
     return parser.parse_args(argv)
 
 
