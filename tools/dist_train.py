@@ -26,6 +26,7 @@ import torch.multiprocessing as mp
 from higherpose.config import ConfigError, check_config, update_config
 from higherpose.config import cfg as default_cfg
 from higherpose.config.cli import add_cfg_argument, add_overrides_argument
+from higherpose.dataset.annotations import AnnotationError
 from higherpose.dataset.build import annotation_file
 from higherpose.utils import distributed as du
 
@@ -166,6 +167,9 @@ def run_worker(
         raise SystemExit(3) from None
     except ConfigError as err:  # e.g. an OUTPUT_DIR that turns out not to be writable
         print(f"dist_train.py: config error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except AnnotationError as err:  # NaN joints, a truncated JSON, a split without labelled persons
+        print(f"dist_train.py: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     finally:
         du.cleanup()

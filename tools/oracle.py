@@ -35,6 +35,7 @@ from higherpose.core.evaluation import evaluate_keypoints, poses_to_coco_results
 from higherpose.core.group import HeatmapParser
 from higherpose.core.inference import ImageMaps, group_by_tags, image_maps
 from higherpose.core.oracle import as_grouping, keypoint_errors, match_to_ground_truth, summarize_errors
+from higherpose.dataset.annotations import AnnotationError
 from higherpose.dataset.build import make_test_dataloader
 from higherpose.utils.atomic import write_json_atomic
 from higherpose.utils.checkpoint import CheckpointError
@@ -160,5 +161,5 @@ def main(argv: list[str] | None = None) -> dict[str, OrderedDict]:
 if __name__ == "__main__":
     try:
         main()
-    except (ConfigError, CheckpointError) as err:
+    except (ConfigError, CheckpointError, AnnotationError) as err:
         sys.exit(f"oracle.py: {err}")

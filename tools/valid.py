@@ -22,6 +22,7 @@ from higherpose.config import cfg as default_cfg
 from higherpose.config.cli import add_cfg_argument, add_overrides_argument
 from higherpose.core.eval_model import load_eval_model
 from higherpose.core.evaluation import print_name_value, run_validation
+from higherpose.dataset.annotations import AnnotationError
 from higherpose.models import build_model
 from higherpose.utils.atomic import write_json_atomic
 from higherpose.utils.checkpoint import CheckpointError
@@ -57,5 +58,5 @@ def main(argv: list[str] | None = None) -> OrderedDict:
 if __name__ == "__main__":
     try:
         main()
-    except (ConfigError, CheckpointError) as err:
+    except (ConfigError, CheckpointError, AnnotationError) as err:
         sys.exit(f"valid.py: {err}")

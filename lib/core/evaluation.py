@@ -86,10 +86,18 @@ def _labelled_extent(keypoints: Sequence[float]) -> list[float]:
 def complete_coco_annotations(dataset: dict) -> dict[str, int]:
     """Add, in place, the annotation fields pycocotools' keypoint evaluation reads and custom COCO-format
     files often lack: ``area`` (bbox ``w * h``, else the extent of the labelled keypoints), ``bbox``
-    (that extent), ``num_keypoints`` (labelled joints) and ``iscrowd`` (0). Present fields are kept.
-    Returns how many annotations got each field, and ``area_from_bbox`` / ``area_from_keypoints``."""
-    counts = dict.fromkeys(("area", "area_from_bbox", "area_from_keypoints", "bbox", "num_keypoints", "iscrowd"), 0)
-    for ann in dataset.get("annotations", []):
+    (that extent), ``num_keypoints`` (labelled joints), ``iscrowd`` (0) and ``keypoints`` (all
+    unlabelled, e.g. for a crowd region: COCOeval's OKS reads them for every annotation). Present
+    fields are kept. Returns how many annotations got each field, and ``area_from_bbox`` /
+    ``area_from_keypoints``."""
+    names = ("area", "area_from_bbox", "area_from_keypoints", "bbox", "num_keypoints", "iscrowd", "keypoints")
+    counts = dict.fromkeys(names, 0)
+    annotations = dataset.get("annotations", [])
+    num_values = next((len(a["keypoints"]) for a in annotations if a.get("keypoints")), 0)  # 3 K
+    for ann in annotations:
+        if "keypoints" not in ann and num_values:
+            ann["keypoints"] = [0] * num_values
+            counts["keypoints"] += 1
         keypoints = ann.get("keypoints") or []
         if "area" not in ann:
             has_box = "bbox" in ann and len(ann["bbox"]) == 4
@@ -124,7 +132,9 @@ def _load_coco_ground_truth(gt_json_path: str) -> Any:
             gt_json_path, counts["area"], len(data.get("annotations", [])),
             counts["area_from_bbox"], counts["area_from_keypoints"],
         )  # fmt: skip
-    filled = [f"'{k}' for {n}" for k, n in counts.items() if n and k in ("bbox", "num_keypoints", "iscrowd")]
+    filled = [
+        f"'{k}' for {n}" for k, n in counts.items() if n and k in ("bbox", "num_keypoints", "iscrowd", "keypoints")
+    ]
     if filled:
         _log.info("%s: computed missing %s annotations", gt_json_path, ", ".join(filled))
     coco = COCO()

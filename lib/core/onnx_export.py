@@ -16,8 +16,8 @@ Grouping on onnxruntime outputs: pass :class:`OnnxPoseNet` to
 
 from __future__ import annotations
 
+import io
 import os
-import tempfile
 import warnings
 from typing import Any
 
@@ -28,6 +28,7 @@ from torch import nn
 
 from higherpose.core.inference import eval_input_size
 from higherpose.dataset.transforms import IMAGENET_MEAN, IMAGENET_STD
+from higherpose.utils.atomic import atomic_write
 from higherpose.utils.transforms import resize_align_multi_scale
 
 MIN_OPSET = 14  # scaled_dot_product_attention needs opset 14 in the TorchScript exporter
@@ -108,31 +109,26 @@ def export_onnx(model: nn.Module, path: str, example: torch.Tensor, names: list[
     for name in names:
         suffix = name.rsplit("_", 2)[-2:]
         dynamic_axes[name] = {0: "batch", 2: f"height_{'_'.join(suffix)}", 3: f"width_{'_'.join(suffix)}"}
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp.onnx", dir=folder)
-    os.close(fd)
-    try:
-        with warnings.catch_warnings():
-            # the TorchScript exporter announces its own deprecation; the dynamo one needs onnxscript
-            warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
-            warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx\..*")
-            torch.onnx.export(
-                _TupleOutputs(model),
-                (example,),
-                tmp,
-                dynamo=False,
-                opset_version=opset,
-                input_names=["image"],
-                output_names=names,
-                dynamic_axes=dynamic_axes,
-                do_constant_folding=True,
-            )
-        import onnx
+    # Exported into memory and checked there, so only a checked model reaches ``path`` (atomically:
+    # an interrupted export leaves the previous file, and a temporary remove_stale_temporaries knows).
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        # the TorchScript exporter announces its own deprecation; the dynamo one needs onnxscript
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx\..*")
+        torch.onnx.export(
+            _TupleOutputs(model),
+            (example,),
+            buffer,
+            dynamo=False,
+            opset_version=opset,
+            input_names=["image"],
+            output_names=names,
+            dynamic_axes=dynamic_axes,
+            do_constant_folding=True,
+        )
+    import onnx
 
-        onnx.checker.check_model(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    serialized = buffer.getvalue()
+    onnx.checker.check_model(onnx.load_model_from_string(serialized))
+    atomic_write(path, lambda f: f.write(serialized), binary=True)

@@ -14,12 +14,14 @@ Layouts (``ROOT`` = ``DATASET.ROOT``; ``zip`` is ``DATA_FORMAT: zip``)::
 
 CrowdPose json is read with pycocotools (no crowdposetools needed); it has no ``area`` and no
 ``segmentation``, so only warp padding is masked for it, as in HigherHRNet.
+
+Annotation files are checked when a dataset is built (``higherpose.dataset.annotations``): a file that
+is not JSON, an annotation of an unknown image, non-finite keypoints / bbox / area, and a training set
+without a labelled person stop with a one-line ``AnnotationError`` naming the file and the annotation.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import multiprocessing
 import os
@@ -32,6 +34,13 @@ import torch
 from pycocotools.coco import COCO as _COCO
 
 from higherpose.dataset import zipreader
+from higherpose.dataset.annotations import (
+    check_annotations,
+    check_labelled_persons,
+    coco_from_dict,
+    num_keypoints,
+    read_annotations,
+)
 from higherpose.dataset.specs import COCO, CROWDPOSE, KeypointSpec
 
 logger = logging.getLogger(__name__)
@@ -45,28 +54,9 @@ CROWDPOSE_LAYOUT = """expected layout:
 
 
 def load_coco(path: str) -> _COCO:
-    """pycocotools ``COCO(path)`` without its console chatter."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        return _COCO(path)
-
-
-def check_keypoints(coco: _COCO, num_joints: int, ann_file: str) -> None:
-    """Fail naming the annotation id when a ``keypoints`` array is not ``3·K`` long."""
-    for ann in coco.dataset.get("annotations", []):
-        kpts = ann.get("keypoints")
-        if kpts is not None and len(kpts) != 3 * num_joints:
-            raise ValueError(
-                f"{ann_file}: annotation id {ann.get('id')} (image {ann.get('image_id')}) has "
-                f"{len(kpts)} keypoint values, expected 3 x {num_joints} = {3 * num_joints}"
-            )
-
-
-def num_keypoints(ann: dict) -> int:
-    """``num_keypoints`` of an annotation (computed from ``keypoints`` when the field is absent)."""
-    if "num_keypoints" in ann:
-        return int(ann["num_keypoints"])
-    kpts = ann.get("keypoints") or []
-    return int(np.count_nonzero(np.asarray(kpts, dtype=np.float64)[2::3] > 0))
+    """pycocotools ``COCO`` of the json ``path``, without its console chatter; a file that is not JSON is an
+    :class:`AnnotationError` naming it and the position (``check_annotations`` checks the content)."""
+    return coco_from_dict(read_annotations(path))
 
 
 def segmentation_rle(segmentation, height: int, width: int) -> list[dict]:
@@ -134,8 +124,9 @@ class CocoDataset(torch.utils.data.Dataset):
                 f"{type(self).__name__}: annotation file not found: {self.ann_file}\n"
                 + self.layout.format(root=self.root)
             )
-        self.coco = load_coco(self.ann_file)
-        check_keypoints(self.coco, self.num_joints_without_center, self.ann_file)
+        data = read_annotations(self.ann_file)
+        check_annotations(data, self.num_joints_without_center, self.ann_file)
+        self.coco = coco_from_dict(data)
         self.ids = list(self.coco.imgs.keys())
         self._unreadable = multiprocessing.Value("i", 0)
 
@@ -254,6 +245,7 @@ class KeypointsMixin:
         self.num_joints = self.spec.num_joints
         if remove_images_without_annotations:
             self.ids = [i for i in self.ids if len(self.coco.getAnnIds(imgIds=i, iscrowd=None)) > 0]
+        check_labelled_persons(self.coco.dataset.get("annotations", []), self.ann_file)
         self._rng: np.random.Generator | None = None
         self._mask_cache: dict[int, dict | None] = {}
         self._overflow = multiprocessing.Value("i", 0)
@@ -283,7 +275,10 @@ class KeypointsMixin:
         joints = np.zeros((len(anns), k, 4 if self.scale_aware_sigma else 3))
         if not anns:
             return joints
-        joints[:, :k0, :3] = np.asarray([a["keypoints"] for a in anns], dtype=np.float64).reshape(len(anns), k0, 3)
+        # A person given by box and polygon only has no keypoints: all its joints are unlabelled (v = 0).
+        unlabelled = [0.0] * (3 * k0)
+        kpts = [a.get("keypoints") or unlabelled for a in anns]
+        joints[:, :k0, :3] = np.asarray(kpts, dtype=np.float64).reshape(len(anns), k0, 3)
         if self.with_center:
             # HigherHRNet: sum of all (x, y) (unlabelled ones are 0) / number of labelled joints.
             num_vis = np.count_nonzero(joints[:, :-1, 2], axis=1)

@@ -14,7 +14,6 @@ import json
 import multiprocessing
 import os
 import shutil
-import tempfile
 
 import cv2
 
@@ -22,6 +21,7 @@ from higherpose.dataset.specs import COCO
 from higherpose.dataset.synthetic_annotate import PERSON_CATEGORY
 from higherpose.dataset.synthetic_scene import DEFAULT_CONFIG, SyntheticConfig, render_image
 from higherpose.dataset.synthetic_stats import format_stats, split_stats
+from higherpose.utils.atomic import atomic_write
 
 # The splits of the set, in the order they are written.
 SPLITS = ("train", "val")
@@ -107,10 +107,7 @@ def write_split(
         "annotations": annotations,
         "categories": categories(),
     }
-    fd, tmp = tempfile.mkstemp(dir=ann_dir, prefix=f".{split}.", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, separators=(",", ":"))
-    os.replace(tmp, annotation_path(root, split))
+    atomic_write(annotation_path(root, split), lambda f: json.dump(data, f, separators=(",", ":")))
     return data
 
 

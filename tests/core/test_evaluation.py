@@ -164,3 +164,22 @@ def test_crowd_ranges_without_images_are_minus_one_with_and_without_detections()
     empty = evaluate_keypoints(str(gt_path), [], "crowd_pose")
     assert found["AP (E)"] == empty["AP (E)"] == found["AP (H)"] == empty["AP (H)"] == -1.0
     assert found["AP (M)"] == 1.0 and empty["AP (M)"] == 0.0
+
+
+def test_crowd_region_without_keypoints_evaluates_as_unlabelled(tmp_path):
+    """A crowd region without a ``keypoints`` field (it is a mask, not a person) evaluates as one whose
+    keypoints are all unlabelled, instead of failing in COCOeval's OKS."""
+    preds = json.loads(shared_path("eval_fixtures", "coco_sample_preds.json").read_text())
+    gt = json.loads(open(_coco_gt()).read())
+    crowd = {"id": 999001, "image_id": 785, "category_id": 1, "iscrowd": 1, "bbox": [0, 0, 60, 60],
+             "area": 3600.0, "num_keypoints": 0, "segmentation": {"counts": [0, 3600], "size": [60, 60]}}  # fmt: skip
+    explicit = dict(crowd, keypoints=[0] * 51)
+    paths = []
+    for name, ann in (("missing", crowd), ("explicit", explicit)):
+        data = dict(gt, annotations=gt["annotations"] + [ann])
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(data))
+        paths.append(str(path))
+    missing, explicit_metrics = (evaluate_keypoints(p, preds, "coco") for p in paths)
+    assert list(missing.values()) == list(explicit_metrics.values())
+    assert "keypoints" not in json.loads(open(paths[0]).read())["annotations"][-1]  # the file is untouched

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
+import stat
+from pathlib import Path
+
 import numpy as np
+import pytest
 import torch
 
+from higherpose.core.evaluation import run_validation
+from higherpose.dataset.annotations import AnnotationError
 from higherpose.dataset.build import annotation_file, build_dataset, make_dataloader, make_test_dataloader
 from tests.conftest import TINY_HRNET, load_cfg
 
@@ -178,6 +186,12 @@ def test_synthetic_flag_generates_missing_root(tmp_path, monkeypatch) -> None:
     cfg = load_cfg(TINY_HRNET, "DATASET.ROOT", str(root), "WORKERS", "0")
     ds = build_dataset(cfg, is_train=True)
     assert calls == [str(root)] and len(ds) >= 1
+    umask = os.umask(0)
+    os.umask(umask)
+    for split in ("train", "val"):  # the umask's mode, as open() gives, and no temporary left
+        written = root / "annotations" / f"person_keypoints_{split}.json"
+        assert stat.S_IMODE(written.stat().st_mode) == 0o666 & ~umask
+    assert not [p.name for p in (root / "annotations").iterdir() if p.name.startswith(".")]
     image, heatmaps, masks, joints = ds[0]
     assert image.shape == (3, cfg.DATASET.INPUT_SIZE, cfg.DATASET.INPUT_SIZE)
 
@@ -214,3 +228,52 @@ def test_annotation_file_follows_each_layout(coco_sample, tmp_path) -> None:
     )  # fmt: skip
     assert annotation_file(crowd) == str(tmp_path / "json" / "crowdpose_trainval.json")
     assert annotation_file(crowd, is_train=False) == str(tmp_path / "json" / "crowdpose_val2017.json")
+
+
+def _edited_root(coco_sample: Path, tmp_path: Path, edit) -> Path:
+    """A COCO root whose val2017 json is the sample's after ``edit(data)``; images symlinked."""
+    root = tmp_path / "coco"
+    (root / "annotations").mkdir(parents=True)
+    (root / "images").mkdir()
+    (root / "images/val2017").symlink_to(coco_sample / "images/val2017")
+    data = json.loads((coco_sample / "annotations/person_keypoints_val2017.json").read_text())
+    edit(data)
+    (root / "annotations/person_keypoints_val2017.json").write_text(json.dumps(data))
+    return root
+
+
+@pytest.mark.parametrize("empty", ["unlabelled_persons", "no_annotations"])
+def test_train_loader_needs_a_labelled_person(coco_sample, tmp_path, empty: str) -> None:
+    """Refused when the training set is built, naming the file, not by torch's sampler (num_samples=0)."""
+
+    def edit(data: dict) -> None:
+        if empty == "no_annotations":
+            data["annotations"] = []
+        for ann in data["annotations"]:
+            ann["num_keypoints"], ann["keypoints"] = 0, [0] * 51
+
+    root = _edited_root(coco_sample, tmp_path, edit)
+    cfg = _cfg(root, "WORKERS", "0")
+    with pytest.raises(AnnotationError) as err:
+        make_dataloader(cfg, is_train=True)
+    message = str(err.value)
+    assert message == (
+        f"{annotation_file(cfg)}: no image has a labelled person (an annotation with num_keypoints > 0): "
+        "nothing to train on"
+    )
+
+
+def test_validation_refuses_nan_keypoints(coco_sample, tmp_path) -> None:
+    """What tools/valid.py evaluates on (run_validation's test loader) refuses a NaN joint before any
+    prediction: COCOeval would count that person as found and raise the AP."""
+
+    def edit(data: dict) -> None:
+        data["annotations"][0]["keypoints"][15] = float("nan")
+
+    root = _edited_root(coco_sample, tmp_path, edit)
+    cfg = _cfg(root, "WORKERS", "0")
+    expected = rf"^{annotation_file(cfg, is_train=False)}: annotation id 442619 \(image 785\) has a non-finite "
+    with pytest.raises(AnnotationError, match=expected + r"keypoints\[15\] \(joint 5 x\) = nan$"):
+        make_test_dataloader(cfg)
+    with pytest.raises(AnnotationError, match=expected):
+        run_validation(cfg, torch.nn.Identity(), str(tmp_path / "out"))

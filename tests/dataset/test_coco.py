@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import zipfile
 from pathlib import Path
@@ -11,6 +12,7 @@ import numpy as np
 import pycocotools.mask as mask_utils
 import pytest
 
+from higherpose.dataset.annotations import AnnotationError
 from higherpose.dataset.coco import CocoDataset, CocoKeypoints, CrowdPoseDataset, CrowdPoseKeypoints, get_mask
 from higherpose.dataset.specs import COCO, CROWDPOSE
 from higherpose.dataset.target_generators import HeatmapGenerator, JointsGenerator
@@ -146,3 +148,122 @@ def test_zip_format(coco_sample: Path, tmp_path: Path) -> None:
     plain = CocoDataset(str(coco_sample), "val2017")
     assert zipped.image_path("a.jpg").endswith("images/val2017.zip@a.jpg")
     assert np.array_equal(zipped[2][0], plain[2][0])
+
+
+def _edited(coco_sample: Path, tmp_path: Path, edit) -> Path:
+    """A COCO root under tmp_path whose annotation json is the sample's after ``edit(data)`` (in place);
+    the images are the sample's, symlinked."""
+    root = tmp_path / "coco"
+    (root / "annotations").mkdir(parents=True)
+    (root / "images").mkdir()
+    (root / "images/val2017").symlink_to(coco_sample / "images/val2017")
+    data = json.loads((coco_sample / COCO_JSON).read_text())
+    edit(data)
+    (root / COCO_JSON).write_text(json.dumps(data))  # json writes NaN / Infinity as those bare words
+    return root
+
+
+@pytest.mark.parametrize(
+    ("field", "index", "value", "shown"),
+    [
+        ("keypoints", 4, float("nan"), r"keypoints\[4\] \(joint 1 y\) = nan"),
+        ("keypoints", 0, float("-inf"), r"keypoints\[0\] \(joint 0 x\) = -inf"),
+        ("bbox", 2, float("inf"), r"bbox\[2\] \(w\) = inf"),
+        ("area", None, float("nan"), "non-finite area = nan"),
+        ("num_keypoints", None, float("inf"), "non-finite num_keypoints = inf"),
+        ("keypoints", 2, None, r"non-numeric keypoints\[2\] \(joint 0 v\) = None"),
+    ],
+    ids=["nan_keypoint", "inf_keypoint", "inf_bbox", "nan_area", "inf_num_keypoints", "null_keypoint"],
+)
+def test_non_finite_numbers_fail_naming_file_and_annotation(
+    coco_sample: Path, tmp_path: Path, field: str, index: int | None, value: float | None, shown: str
+) -> None:
+    def edit(data: dict) -> None:
+        ann = data["annotations"][2]
+        if index is None:
+            ann[field] = value
+        else:
+            ann[field][index] = value
+
+    root = _edited(coco_sample, tmp_path, edit)
+    ann_file = str(root / COCO_JSON)
+    # The test set is what tools/valid.py evaluates on: it must refuse the file as the training set does.
+    for build in (lambda: CocoDataset(str(root), "val2017"), lambda: _train_set(root)):
+        with pytest.raises(AnnotationError) as err:
+            build()
+        message = str(err.value)
+        assert "\n" not in message and message.startswith(f"{ann_file}: annotation id 230195 (image 40083)")
+        assert re.search(shown, message), message
+
+
+def test_truncated_json_names_file_and_position(coco_sample: Path, tmp_path: Path) -> None:
+    root = _edited(coco_sample, tmp_path, lambda data: None)
+    text = (root / COCO_JSON).read_text()
+    (root / COCO_JSON).write_text(text[: len(text) // 2])
+    with pytest.raises(AnnotationError) as err:
+        CocoDataset(str(root), "val2017")
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"{root / COCO_JSON}: not valid JSON")
+    assert re.search(r"line 1, column \d+", message) and "truncated" in message
+    # A mistake inside the file (not at its end) is reported where it is, without the truncation hint.
+    (root / COCO_JSON).write_text('{\n  "images": [,]\n}\n')
+    with pytest.raises(AnnotationError, match=r"not valid JSON \(Expecting value at line 2, column 14\)$"):
+        CocoDataset(str(root), "val2017")
+
+
+@pytest.mark.parametrize("unlabel", ["num_keypoints_0", "no_keypoints", "no_annotations"])
+def test_train_split_without_labelled_person_fails_naming_file(coco_sample: Path, tmp_path: Path, unlabel: str) -> None:
+    def edit(data: dict) -> None:
+        if unlabel == "no_annotations":
+            data["annotations"] = []
+        for ann in data["annotations"]:
+            ann["num_keypoints"] = 0
+            if unlabel == "num_keypoints_0":
+                ann["keypoints"] = [0] * 51
+            else:
+                del ann["keypoints"], ann["num_keypoints"]
+
+    root = _edited(coco_sample, tmp_path, edit)
+    with pytest.raises(AnnotationError) as err:
+        _train_set(root)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"{root / COCO_JSON}: no image has a labelled person")
+    assert len(CocoDataset(str(root), "val2017")) == 4  # a test split may hold no labelled person
+
+
+def test_persons_without_keypoints_field_load(coco_sample: Path, tmp_path: Path) -> None:
+    """A crowd region and an unlabelled person given as box and polygon only (no ``keypoints``): both are
+    masked, neither is a person of the targets."""
+    region = [[30.0, 20.0, 200.0, 20.0, 200.0, 80.0, 30.0, 80.0]]  # x 30..200, y 20..80
+    unlabelled = [[400.0, 300.0, 450.0, 300.0, 450.0, 350.0, 400.0, 350.0]]
+
+    def edit(data: dict) -> None:
+        common = {"image_id": 785, "category_id": 1}
+        data["annotations"].append({"id": 1, "iscrowd": 1, "area": 10200.0, "bbox": [30, 20, 170, 60],
+                                    "segmentation": region, **common})  # fmt: skip
+        data["annotations"].append({"id": 2, "iscrowd": 0, "area": 2500.0, "bbox": [400, 300, 50, 50],
+                                    "segmentation": unlabelled, **common})  # fmt: skip
+
+    root = _edited(coco_sample, tmp_path, edit)
+    assert len(CocoDataset(str(root), "val2017").load_anns(785)) == 3
+    ds = _train_set(root, res=512)
+    mask = ds.get_mask(ds.load_anns(785), 785)
+    assert not mask[21:79, 31:199].any() and not mask[301:349, 401:449].any() and mask[100:200, 300:400].all()
+    _, heatmaps, masks, joints = ds[ds.ids.index(785)]
+    assert joints[0][:, :, 1].any(axis=1).sum() == 1  # image 785's one labelled person only
+
+
+def test_unknown_image_id_fails_naming_both_ids(coco_sample: Path, tmp_path: Path) -> None:
+    root = _edited(coco_sample, tmp_path, lambda data: data["annotations"][4].update(image_id=123456))
+    with pytest.raises(AnnotationError) as err:
+        CocoDataset(str(root), "val2017")
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"{root / COCO_JSON}: annotation id 460541")
+    assert "image id 123456 is not in 'images'" in message
+
+
+def test_annotation_without_id_is_named_by_position(coco_sample: Path, tmp_path: Path) -> None:
+    root = _edited(coco_sample, tmp_path, lambda data: data["annotations"][5].pop("id"))
+    with pytest.raises(AnnotationError, match=r"person_keypoints_val2017.json: annotations\[5\] \(image 196141\) "
+                       "has no 'id'"):  # fmt: skip
+        CocoDataset(str(root), "val2017")
