@@ -26,6 +26,7 @@ _C.PIN_MEMORY = True
 _C.RANK = 0  # node rank (HigherHRNet meaning); set by the launcher
 _C.VERBOSE = True
 _C.DIST_BACKEND = "nccl"  # 'nccl' on CUDA; training falls back to 'gloo' on CPU
+_C.DIST_TIMEOUT_MIN = 120.0  # NEW: collective timeout (min); > rank 0's longest validation while others wait
 _C.MULTIPROCESSING_DISTRIBUTED = True
 _C.DEVICE = ""  # NEW: '' = cuda when available else cpu; or 'cpu' / 'cuda'
 
@@ -169,6 +170,7 @@ _C.TEST.WITH_HEATMAPS = (True,)
 _C.TEST.WITH_AE = (True,)
 _C.TEST.LOG_PROGRESS = False
 _C.TEST.SUBSET = 0  # NEW: evaluate the first N test images only (0 = all)
+_C.TEST.FP16 = False  # NEW: test forward under autocast (FP16.DTYPE); maps are averaged and grouped in fp32
 # NEW: short side of the scale-1 test input (0 = DATASET.INPUT_SIZE). A model trained on crops
 # (DATASET.INPUT_SIZE smaller than the image, MIN/MAX_SCALE < 1) is tested on whole images at this size.
 _C.TEST.INPUT_SIZE = 0
@@ -305,6 +307,16 @@ def check_config(cfg: CN, source: str = "config") -> None:
         value = cfg[group][name]
         if len(value) != stages:
             _fail(source, key, value, f"needs one entry per stage (LOSS.NUM_STAGES = {stages})")
+    for i, (heatmaps, ae) in enumerate(zip(cfg.LOSS.WITH_HEATMAPS_LOSS, cfg.LOSS.WITH_AE_LOSS)):
+        if not heatmaps and not ae:
+            # The model still builds the stage's layers; no loss gives them a gradient, and DDP
+            # (find_unused_parameters=False) then stops at the second step of every multi-GPU run.
+            raise ConfigError(
+                f"{source}: LOSS.WITH_HEATMAPS_LOSS[{i}] and LOSS.WITH_AE_LOSS[{i}] are both False: stage {i} "
+                "has no loss to train its layers; enable a loss for it, or remove the stage (lower "
+                "LOSS.NUM_STAGES, with one entry per stage in the per-stage keys and "
+                "MODEL.EXTRA.DECONV.NUM_DECONVS = LOSS.NUM_STAGES - 1)"
+            )
 
     if cfg.MODEL.NAME not in MODEL_NAMES:
         _fail(source, "MODEL.NAME", cfg.MODEL.NAME, f"unknown model; choose one of {MODEL_NAMES}")

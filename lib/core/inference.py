@@ -5,7 +5,7 @@ RGB image to poses in image pixels (used by valid.py, demo.py and validation dur
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +22,8 @@ from higherpose.dataset.transforms import IMAGENET_MEAN, IMAGENET_STD
 from higherpose.utils.transforms import get_multi_scale_size, resize_align_multi_scale, transform_preds
 
 INPUT_MULTIPLE = 32  # HRNet halves the resolution five times (stem 4x, then branches down to 1/32)
+
+Forward = Callable[[torch.Tensor], Sequence[torch.Tensor]]  # image (B, 3, h, w) -> stage outputs [(B, C_i, h_i, w_i)]
 
 
 def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -42,7 +44,7 @@ def _aligned(outputs: Sequence[torch.Tensor], flip: bool) -> list[torch.Tensor]:
 
 def get_multi_stage_outputs(
     cfg: Any,
-    model: nn.Module,
+    model: nn.Module | Forward,
     image: torch.Tensor,
     with_flip: bool = False,
     project2image: bool = False,
@@ -129,7 +131,7 @@ def _to_input(images: Sequence[np.ndarray], device: torch.device) -> torch.Tenso
 def _udp_outputs(
     cfg: Any,
     layout: OutputLayout,
-    model: nn.Module,
+    model: nn.Module | Forward,
     x: torch.Tensor,
     base_size: Sequence[int],
     base_scale: np.ndarray,
@@ -145,6 +147,28 @@ def _udp_outputs(
     # Input pixels per image pixel at this scale over those at scale 1 (get_affine_transform's factor).
     ratio = (x.shape[3] / float(scale[0])) / (base_size[0] / float(base_scale[0]))
     return udp_multi_stage_outputs(layout, model, x, cfg.TEST.FLIP_TEST, dst_size, stride, base_size, ratio)
+
+
+def _eval_amp_dtype(cfg: Any) -> torch.dtype | None:
+    """The autocast dtype of the test forward: ``FP16.DTYPE`` when ``TEST.FP16``, else None (fp32).
+
+    ``FP16.ENABLED`` alone does not reach the test: HigherHRNet evaluates in fp32, and float16 heatmap
+    peaks and tag values lose the precision that grouping and refinement read."""
+    if not cfg.TEST.FP16:
+        return None
+    return torch.bfloat16 if cfg.FP16.DTYPE == "bfloat16" else torch.float16
+
+
+def eval_forward(model: nn.Module | Forward, device: torch.device, amp_dtype: torch.dtype | None) -> Forward:
+    """``model``'s forward as the test loop runs it: under autocast in ``amp_dtype`` (None: none), its
+    outputs cast to float32, so stage/flip/scale averaging, resizing and grouping always run in fp32."""
+
+    def forward(image: torch.Tensor) -> list[torch.Tensor]:
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            outputs = model(image)
+        return [o.float() for o in outputs]
+
+    return forward
 
 
 @dataclass
@@ -174,8 +198,7 @@ def image_maps(cfg: Any, model: nn.Module, images: Sequence[np.ndarray], device:
     min_scale = min(scales)
     input_size = eval_input_size(cfg)
     base_size, _, base_scale = get_multi_scale_size(images[0], input_size, 1.0, min_scale)
-    use_amp = bool(cfg.FP16.ENABLED) and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if cfg.FP16.DTYPE == "bfloat16" else torch.float16
+    forward = eval_forward(model, device, _eval_amp_dtype(cfg))
     layout = OutputLayout.from_config(cfg)
 
     final_heatmaps, tags_list = None, []
@@ -189,15 +212,12 @@ def image_maps(cfg: Any, model: nn.Module, images: Sequence[np.ndarray], device:
             centers.append(center)
             scales_px.append(scale)
         x = _to_input(resized, device)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-            if cfg.DATASET.USE_UDP:
-                heatmaps, tags = _udp_outputs(cfg, layout, model, x, base_size, base_scale, scales_px[0])
-            else:
-                _, heatmaps, tags = get_multi_stage_outputs(
-                    cfg, model, x, cfg.TEST.FLIP_TEST, cfg.TEST.PROJECT2IMAGE, base_size, layout=layout
-                )
-        heatmaps = [h.float() for h in heatmaps]
-        tags = [t.float() for t in tags]
+        if cfg.DATASET.USE_UDP:
+            heatmaps, tags = _udp_outputs(cfg, layout, forward, x, base_size, base_scale, scales_px[0])
+        else:
+            _, heatmaps, tags = get_multi_stage_outputs(
+                cfg, forward, x, cfg.TEST.FLIP_TEST, cfg.TEST.PROJECT2IMAGE, base_size, layout=layout
+            )
         final_heatmaps, tags_list = aggregate_results(cfg, s, final_heatmaps, tags_list, heatmaps, tags)
 
     final_heatmaps = final_heatmaps / float(len(scales))

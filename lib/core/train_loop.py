@@ -3,7 +3,8 @@ warm-up, mixed precision, the non-finite loss policy, progress logging and debug
 
 Differences from HigherHRNet: only rank 0 logs, writes TensorBoard and debug images; TensorBoard tags
 name the stage (not the batch index); torch.amp replaces apex; the loss runs in fp32; a non-finite loss
-stops the run (or skips the step) with the term named, and every rank takes the same decision.
+stops the run (or skips the step) with the term named, and every rank takes the same decision; under
+float16 autocast it skips the step and lowers the loss scale, as GradScaler does for overflowing gradients.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from higherpose.utils.meters import AverageMeter, eta_seconds, format_seconds
 from higherpose.utils.optim import WarmupMultiStepLR
 from higherpose.utils.vis import add_debug_images
 
-MAX_NAN_IN_A_ROW = 20  # NAN_POLICY 'skip' gives up after this many non-finite steps in a row
+MAX_NAN_IN_A_ROW = 20  # NAN_POLICY 'skip' (and float16's overflow skips) give up after this many in a row
 
 _fallback_logger = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class TrainState:
     global_step: int = 0  # optimiser steps taken over the whole run
     best_perf: float | None = None  # best validation AP so far (None: never validated)
     best_epoch: int = -1
-    nan_skipped: int = 0  # steps skipped for a non-finite loss (NAN_POLICY 'skip')
+    nan_skipped: int = 0  # steps skipped for a non-finite loss (NAN_POLICY 'skip', or float16 overflow)
     nan_in_a_row: int = 0
     train_seconds: float = 0.0  # wall time spent in training epochs (what TRAIN.TIME_BUDGET counts)
 
@@ -77,23 +78,48 @@ class NonFiniteStep:
         )
 
 
-def apply_nan_policy(step: NonFiniteStep, policy: str, state: TrainState, logger: logging.Logger | None) -> None:
-    """``TRAIN.NAN_POLICY``: 'stop' raises :class:`NonFiniteLossError`; 'skip' counts the step in
-    ``state`` and returns, until :data:`MAX_NAN_IN_A_ROW` in a row. ``logger``: None on the ranks that
-    do not log."""
+def back_off_loss_scale(scaler: torch.amp.GradScaler) -> float:
+    """Lower ``scaler``'s scale as its own update does after an overflow (scale x backoff factor, the
+    count of steps towards the next growth reset to 0); returns the new scale. Goes through
+    ``state_dict`` / ``load_state_dict``, GradScaler's public way to set both."""
+    scaler_state = scaler.state_dict()
+    scaler_state["scale"] *= scaler_state["backoff_factor"]
+    scaler_state["_growth_tracker"] = 0
+    scaler.load_state_dict(scaler_state)
+    return float(scaler_state["scale"])
+
+
+def apply_nan_policy(
+    step: NonFiniteStep,
+    policy: str,
+    state: TrainState,
+    logger: logging.Logger | None,
+    scaler: torch.amp.GradScaler | None = None,
+) -> None:
+    """What a non-finite loss does; the step is skipped whenever this returns.
+
+    With a GradScaler (float16 autocast) an overflow is routine: the scale is lowered
+    (:func:`back_off_loss_scale`) whatever ``policy`` says. Otherwise ``TRAIN.NAN_POLICY``: 'stop'
+    raises :class:`NonFiniteLossError`; 'skip' returns. Skips are counted in ``state``; the
+    :data:`MAX_NAN_IN_A_ROW`-th in a row raises. ``logger``: None on the ranks that do not log.
+    """
     msg = step.message()
-    if policy == "skip":
-        state.nan_skipped += 1
-        state.nan_in_a_row += 1
-        if state.nan_in_a_row >= MAX_NAN_IN_A_ROW:
-            raise NonFiniteLossError(
-                f"{msg}; {state.nan_in_a_row} non-finite steps in a row (TRAIN.NAN_POLICY 'skip' gives up "
-                f"after {MAX_NAN_IN_A_ROW})"
-            )
-        if logger is not None:
-            logger.warning(f"{msg}: step skipped ({state.nan_skipped} skipped so far)")
-        return
-    raise NonFiniteLossError(f"{msg}; stopping (TRAIN.NAN_POLICY 'stop'; 'skip' skips such steps)")
+    if scaler is None and policy != "skip":
+        raise NonFiniteLossError(f"{msg}; stopping (TRAIN.NAN_POLICY 'stop'; 'skip' skips such steps)")
+    state.nan_skipped += 1
+    state.nan_in_a_row += 1
+    if scaler is not None:
+        scale = back_off_loss_scale(scaler)
+        done = f"step skipped, loss scale lowered to {scale:g}"
+        give_up = f"although the loss scale was lowered each time, to {scale:g} (FP16.DTYPE bfloat16 may train)"
+    else:
+        done, give_up = "step skipped", "(TRAIN.NAN_POLICY 'skip')"
+    if state.nan_in_a_row >= MAX_NAN_IN_A_ROW:
+        raise NonFiniteLossError(
+            f"{msg}; {state.nan_in_a_row} non-finite steps in a row {give_up}: giving up after {MAX_NAN_IN_A_ROW}"
+        )
+    if logger is not None:
+        logger.warning(f"{msg}: {done} ({state.nan_skipped} skipped so far)")
 
 
 def amp_settings(cfg: Any, device: str) -> tuple[bool, torch.dtype]:
@@ -210,7 +236,9 @@ def do_train(
     Batches are ``(images (B,3,S,S), heatmaps [(B,K,R,R)], masks [(B,R,R)], joints [(B,M,K,2)])``.
     ``fp16`` turns on autocast with ``FP16.DTYPE``; ``scaler`` (float16) scales the loss.
     A non-finite loss raises :class:`NonFiniteLossError` (``TRAIN.NAN_POLICY 'stop'``) or skips the
-    step (``'skip'``, at most :data:`MAX_NAN_IN_A_ROW` in a row); ranks agree on it, so DDP never hangs.
+    step (``'skip'``, at most :data:`MAX_NAN_IN_A_ROW` in a row); with ``scaler`` it skips the step and
+    lowers the loss scale whatever the policy (:func:`apply_nan_policy`). Ranks agree on it, so DDP
+    never hangs.
     ``TRAIN.TIME_BUDGET`` ends the epoch early when its share of the budget is spent (ranks agree too).
     """
     ctx = ctx or du.DistContext()
@@ -252,31 +280,34 @@ def do_train(
         hm_l, push_l, pull_l = loss_factory(outputs, heatmaps, masks, joints)
         total, terms = combine_losses(hm_l, push_l, pull_l, _ae_scale(cfg, state.global_step))
 
-        # One device sync per step: every term's value (for the meters), its finiteness and whether the
-        # time budget ends the epoch here, max-reduced over ranks so all ranks take the same branches.
+        # Term values, their finiteness and whether the time budget ends the epoch here stay on the device
+        # until backward is queued; the one host read per step comes before the optimiser step, the first
+        # thing that depends on it. Flags are max-reduced over ranks so all ranks take the same branches.
+        # A non-finite loss runs its backward on every rank too (DDP's gradient all-reduce needs all of
+        # them); its gradients are dropped below.
         values = torch.stack([t.detach().float() for _, t in terms] + [total.detach().float()])
         flags = torch.cat([(~torch.isfinite(values)).float(), values.new_tensor([float(out_of_time)])])
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(total).backward()
+        else:
+            total.backward()
         du.all_reduce_max_(flags)
-        values_cpu, flags_cpu = values.cpu().tolist(), flags.cpu().tolist()
+        host = torch.cat([values, flags]).cpu().tolist()
+        values_cpu, flags_cpu = host[: len(values)], host[len(values) :]
         bad_cpu, cut = [f > 0 for f in flags_cpu[:-1]], flags_cpu[-1] > 0
         steps_done = i + 1
         if any(bad_cpu):
-            # No backward ran this step: release the previous step's gradients instead of keeping them alive.
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=True)  # the step is skipped: its gradients must not linger
             names = [name for name, _ in terms] + ["total"]
             bad_step = NonFiniteStep(epoch, i, n_steps, state.global_step, names, values_cpu, bad_cpu)
-            apply_nan_policy(bad_step, cfg.TRAIN.NAN_POLICY, state, logger if ctx.is_main else None)
+            apply_nan_policy(bad_step, cfg.TRAIN.NAN_POLICY, state, logger if ctx.is_main else None, scaler)
             end = time.time()
             if cut:
                 break
             continue
         state.nan_in_a_row = 0
 
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(total).backward()
-        else:
-            total.backward()
         if cfg.TRAIN.CLIP_GRAD > 0:
             if scaler is not None:
                 scaler.unscale_(optimizer)

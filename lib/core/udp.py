@@ -17,7 +17,7 @@ Details", CVPR 2020). Here every map is resampled once, exactly, onto the destin
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -47,7 +47,7 @@ def sample_grid(maps: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> torch
 
 def udp_multi_stage_outputs(
     layout: OutputLayout,
-    model: nn.Module,
+    model: nn.Module | Callable[[torch.Tensor], Sequence[torch.Tensor]],
     image: torch.Tensor,
     with_flip: bool,
     dst_size: Sequence[int],

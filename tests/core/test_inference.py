@@ -23,6 +23,7 @@ from higherpose.core.inference import (
     aggregate_results,
     eval_input_size,
     get_multi_stage_outputs,
+    image_maps,
     predict_images,
 )
 from higherpose.dataset.specs import spec_from_cfg
@@ -448,3 +449,47 @@ def test_image_points_land_on_hand_computed_input_and_heatmap_points(shape, size
     want = (peaks[:, ::-1] - np.array([hw, hh]) / 2) * 2 / f + np.array(center)
     np.testing.assert_allclose(pose[:, :2], want, atol=1e-3)
     np.testing.assert_allclose(pose[:, 2], 0.5 * (0.875**2 if project else 1.0), atol=1e-6)
+
+
+class _AutocastThenFloat(nn.Module):
+    """``net`` under bfloat16 autocast, its outputs cast to float32 (what TEST.FP16 should amount to)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return [o.float() for o in self.net(x)]
+
+
+@pytest.mark.parametrize("test_fp16", [False, True])
+def test_fp16_training_config_evaluates_in_fp32_unless_test_fp16(test_fp16):
+    """FP16.ENABLED (bfloat16 here, which CPUs run) leaves the test forward in fp32: the maps handed to
+    grouping equal an fp32 run. TEST.FP16 autocasts the forward only; the maps are float32 either way."""
+    from higherpose.models import build_model
+
+    size = ["DATASET.INPUT_SIZE", 64, "DATASET.OUTPUT_SIZE", "[16, 32]", "TEST.FLIP_TEST", True]
+    fp32_cfg = load_cfg(TINY_HRNET, *size, "TEST.SCALE_FACTOR", "[2, 1]")
+    amp = ["FP16.ENABLED", True, "FP16.DTYPE", "bfloat16", "TEST.FP16", test_fp16]
+    amp_cfg = load_cfg(TINY_HRNET, *size, "TEST.SCALE_FACTOR", "[2, 1]", *amp)
+    torch.manual_seed(0)
+    model = build_model(fp32_cfg, is_train=False).eval()
+    seen = []
+    model.register_forward_hook(lambda m, i, o: seen.append((torch.is_autocast_enabled("cpu"), o[-1].dtype)))
+    image = np.random.RandomState(0).randint(0, 256, (80, 112, 3), dtype=np.uint8)
+    with torch.no_grad():
+        ref = image_maps(fp32_cfg, model, [image], torch.device("cpu"))
+        seen.clear()
+        got = image_maps(amp_cfg, model, [image], torch.device("cpu"))
+    assert seen == [(test_fp16, torch.bfloat16 if test_fp16 else torch.float32)] * 4  # 2 scales x flip
+    assert got.det.dtype == got.tags.dtype == torch.float32
+    if test_fp16:  # bf16 network outputs, then every average and resize on their float32 copies
+        bf16_net = _AutocastThenFloat(model)
+        with torch.no_grad():
+            want = image_maps(fp32_cfg, bf16_net, [image], torch.device("cpu"))
+        assert torch.equal(got.det, want.det) and torch.equal(got.tags, want.tags)
+        assert not torch.equal(got.det, ref.det)
+        torch.testing.assert_close(got.det, ref.det, atol=0.05, rtol=0.05)
+    else:
+        assert torch.equal(got.det, ref.det) and torch.equal(got.tags, ref.tags)

@@ -40,3 +40,23 @@ def test_average_equals_plain_loop():
         assert torch.allclose(got[k].double(), v, atol=1e-6), k
     assert got["1.num_batches_tracked"] == model.state_dict()["1.num_batches_tracked"] == 6
     assert not torch.equal(got["0.weight"], model.state_dict()["0.weight"])
+
+
+def test_first_update_copies_and_count_stays_on_the_model_device():
+    """The count lives with the weights (no host read per update); ``n_averaged.zero_()`` (a resume
+    from a checkpoint without an average) makes the next update an exact copy again."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    ema = ModelEMA(model, 0.5)
+    assert ema.n_averaged.device == next(model.parameters()).device and ema.n_averaged.dtype == torch.long
+    for restart in (False, True):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        if restart:
+            ema.n_averaged.zero_()
+        ema.update_parameters(model)
+        for k, v in model.state_dict().items():
+            assert torch.equal(ema.module.state_dict()[k], v), k
+    assert int(ema.n_averaged) == 1
+    assert set(ema.state_dict()) == {"n_averaged"} | {f"module.{k}" for k in model.state_dict()}
