@@ -11,6 +11,12 @@ Seeding (why augmentations differ per worker and epoch, and how a run reproduces
   ``seed=TRAIN.SEED``), so the same config, worker count and world size give the same batches.
   With ``TRAIN.SEED < 0`` the global torch RNG decides (random unless the trainer seeds torch).
 - With ``WORKERS = 0`` the dataset's generator is seeded from the same base seed in the main process.
+- Workers persist across epochs only with ``TRAIN.SEED < 0``. A persistent worker runs
+  :func:`worker_init_fn` once, so its stream would continue from epoch 0 and a run resumed at epoch
+  ``e`` would draw other augmentations than the uninterrupted one. A seeded run therefore starts new
+  workers every epoch, seeded from the generator that ``reseed_epoch`` sets from (TRAIN.SEED, epoch,
+  rank): each epoch's draws depend on nothing earlier. The cost is a worker start per epoch (a fork,
+  or a pickled dataset under ``spawn``) and a per-worker ignore-mask cache rebuilt every epoch.
 """
 
 from __future__ import annotations
@@ -126,7 +132,8 @@ def make_dataloader(cfg, is_train: bool = True, distributed: bool = False) -> to
     """Training loader: batches ``(images (B,3,S,S), [heatmaps (B,K,R,R)], [masks (B,R,R)], [joints (B,M,K,2)])``.
 
     Batch = ``TRAIN.IMAGES_PER_GPU`` per process; DistributedSampler (``drop_last`` for training)
-    when ``distributed``; ``WORKERS`` workers (persistent when > 0); pinned memory only with CUDA.
+    when ``distributed``; ``WORKERS`` workers (persistent across epochs only with ``TRAIN.SEED < 0``,
+    see the module docstring); pinned memory only with CUDA.
     """
     dataset = build_dataset(cfg, is_train)
     seed = int(cfg.TRAIN.SEED)
@@ -156,7 +163,8 @@ def make_dataloader(cfg, is_train: bool = True, distributed: bool = False) -> to
         pin_memory=bool(cfg.PIN_MEMORY) and torch.cuda.is_available(),
         worker_init_fn=worker_init_fn,
         generator=generator,
-        persistent_workers=workers > 0,
+        # A seeded run needs fresh workers per epoch for exact resume (module docstring).
+        persistent_workers=workers > 0 and seed < 0,
     )
 
 

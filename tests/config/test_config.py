@@ -131,6 +131,21 @@ def test_inconsistent_values_fail_by_name(opts: tuple[str, ...], names: tuple[st
         assert name in str(err.value)
 
 
+@pytest.mark.parametrize("stage", [0, 1])
+def test_stage_without_loss_fails(stage: int) -> None:
+    """A stage no loss trains leaves parameters without gradient, which DDP refuses at step 2."""
+    flags = ["True", "True"]
+    flags[stage] = "False"
+    heatmaps, ae = f"({flags[0]}, {flags[1]})", "(False, False)"
+    with pytest.raises(ConfigError) as err:
+        load_cfg(TINY_HRNET, "LOSS.WITH_HEATMAPS_LOSS", heatmaps, "LOSS.WITH_AE_LOSS", ae)
+    message = str(err.value)
+    assert f"LOSS.WITH_HEATMAPS_LOSS[{stage}]" in message and f"LOSS.WITH_AE_LOSS[{stage}]" in message
+    assert "LOSS.NUM_STAGES" in message and str(TINY_HRNET) in message
+    # one loss per stage is enough
+    load_cfg(TINY_HRNET, "LOSS.WITH_HEATMAPS_LOSS", "(True, True)", "LOSS.WITH_AE_LOSS", "(False, False)")
+
+
 def test_inconsistent_yaml_names_file(tmp_path: Path) -> None:
     text = re.sub(r"OUTPUT_SIZE: \[\d+, \d+\]", "OUTPUT_SIZE: [64, 256]", TINY_HRNET.read_text())
     path = tmp_path / "inconsistent.yaml"

@@ -107,6 +107,14 @@ def test_workers_draw_different_augmentations(coco_sample) -> None:
     assert all(torch.equal(p, q) for p, q in zip(one, two))
 
 
+@pytest.mark.parametrize(("seed", "persistent"), [("-1", True), ("0", False)])
+def test_workers_persist_only_without_seed(coco_sample, seed: str, persistent: bool) -> None:
+    """A seeded run restarts its workers every epoch so that they take that epoch's seed (exact resume,
+    tests/core/test_resume_workers.py); an unseeded run keeps them and skips the restart."""
+    loader = make_dataloader(_cfg(coco_sample, "WORKERS", "2", "TRAIN.SEED", seed))
+    assert loader.persistent_workers is persistent
+
+
 def _reseed_subset(worker_id: int) -> None:
     info = torch.utils.data.get_worker_info()
     info.dataset.dataset.reseed(torch.initial_seed())
