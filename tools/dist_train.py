@@ -5,7 +5,10 @@
 How it runs:
 - under torchrun (RANK / WORLD_SIZE / LOCAL_RANK in the environment) every process joins the group
   (env://; multi-node through torchrun's --nnodes / --node_rank / --rdzv-* options);
-- launched plainly with CUDA: one process per visible GPU (``mp.spawn``, a free local port), NCCL;
+- launched plainly with CUDA: one process per visible GPU, as HigherHRNet, when ``GPUS`` holds one id
+  (every shipped YAML says ``(0,)``); one per listed id when ``GPUS`` lists several; ``--nproc N``:
+  GPUs 0..N-1. By ``mp.spawn`` around a rendezvous store this launcher serves, NCCL; the total batch is
+  ``TRAIN.IMAGES_PER_GPU`` x the process count;
 - launched plainly without CUDA: one CPU process, or ``--nproc N`` gloo processes (DDP on a laptop);
 - HigherHRNet's multi-node form still works: ``--world-size NODES --rank NODE --dist-url tcp://HOST:PORT``.
 A world of one process trains without any process group. Options go BEFORE the ``KEY VALUE`` list.
@@ -38,7 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--nproc",
         type=int,
         default=0,
-        help="processes on this node (default: one per visible GPU; 1 on CPU; N > 1 on CPU = N gloo processes)",
+        help="processes on this node (default: one per GPUS id with CUDA, 1 on CPU; N: GPUs 0..N-1 with CUDA, "
+        "N gloo processes on CPU)",
     )
     parser.add_argument(
         "--gpu", type=int, default=None, help="HigherHRNet compatibility; ignored (use CUDA_VISIBLE_DEVICES)"
@@ -64,6 +68,7 @@ def preflight(cfg: Any, nproc: int) -> None:
     Generates the synthetic set here (once) rather than racing in every spawned process.
     """
     check_config(cfg)
+    du.process_group_timeout(cfg.DIST_TIMEOUT_MIN)
     if nproc < 1:
         raise ConfigError(f"--nproc = {nproc}: must be at least 1")
     root = cfg.DATASET.ROOT
@@ -126,23 +131,27 @@ def run_worker(
     cfg: Any,
     args: argparse.Namespace,
     model: torch.nn.Module | None = None,
+    device_index: int | None = None,
 ) -> None:
     """One training process: device, process group, per-rank config, logging, :func:`fit`
-    (``model``: a prebuilt model to train in place instead of ``build_model``, for tests and custom code)."""
+    (``model``: a prebuilt model to train in place instead of ``build_model``, for tests and custom code;
+    ``device_index``: its GPU, by default :func:`~higherpose.utils.distributed.cuda_device_index`)."""
     from higherpose.core.train_loop import NonFiniteLossError
     from higherpose.core.trainer import fit
 
     cuda = use_cuda(cfg)
     if cuda:
-        torch.cuda.set_device(local_rank)
-        device = f"cuda:{local_rank}"
+        if device_index is None:
+            device_index = du.cuda_device_index(local_rank, torch.cuda.device_count())
+        torch.cuda.set_device(device_index)
+        device = f"cuda:{device_index}"
     else:
         device = "cpu"
         local_procs = int(os.environ.get("LOCAL_WORLD_SIZE", max(1, world_size // max(1, args.world_size))))
         # CPU processes share the cores: without this each one starts a thread per core and they thrash.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_procs))
     backend, note = du.choose_backend(cfg.DIST_BACKEND, cuda)
-    du.init_distributed(backend, rank, world_size, init_method)
+    du.init_distributed(backend, rank, world_size, init_method, timeout_min=cfg.DIST_TIMEOUT_MIN)
     ctx = du.DistContext(rank, world_size, local_rank, device, backend if world_size > 1 else None)
 
     # HigherHRNet re-read the YAML in every spawned child, so cfg.RANK stayed 0 everywhere and every
@@ -175,8 +184,18 @@ def run_worker(
         du.cleanup()
 
 
-def _spawn_entry(local_rank: int, node_rank: int, nproc: int, world_size: int, init_method: str, cfg, args) -> None:
-    run_worker(local_rank, node_rank * nproc + local_rank, world_size, init_method, cfg, args)
+def _spawn_entry(
+    local_rank: int,
+    node_rank: int,
+    devices: list[int | None],
+    world_size: int,
+    init_method: str,
+    cfg: Any,
+    args: argparse.Namespace,
+) -> None:
+    nproc = len(devices)
+    rank = node_rank * nproc + local_rank
+    run_worker(local_rank, rank, world_size, init_method, cfg, args, device_index=devices[local_rank])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,23 +211,33 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         # HigherHRNet: MULTIPROCESSING_DISTRIBUTED False = one process (it then used DataParallel; we
         # train on one device, DDP being the way to use several).
-        per_gpu = use_cuda(cfg) and cfg.MULTIPROCESSING_DISTRIBUTED
-        nproc = args.nproc or (torch.cuda.device_count() if per_gpu else 1)
+        cuda = use_cuda(cfg)
+        if args.nproc < 0:
+            raise ConfigError(f"--nproc = {args.nproc}: must be at least 1")
+        count = torch.cuda.device_count() if cuda else 0
+        devices = du.spawn_devices(args.nproc, cuda, cfg.MULTIPROCESSING_DISTRIBUTED, cfg.GPUS, count)
+        nproc = len(devices)
         preflight(cfg, nproc)
     except ConfigError as err:
         print(f"dist_train.py: config error: {err}", file=sys.stderr)
         return 2
 
     world_size = nproc * args.world_size
+    if world_size > 1:
+        where = "CPU (gloo)" if devices[0] is None else f"GPUs {devices}"
+        print(f"dist_train.py: {world_size} processes ({nproc} here, on {where}), total batch "
+              f"{world_size * cfg.TRAIN.IMAGES_PER_GPU}", flush=True)  # fmt: skip
     if world_size == 1:
-        run_worker(0, 0, 1, "", cfg, args)
+        run_worker(0, 0, 1, "", cfg, args, device_index=devices[0])
         return 0
+    store = None  # the processes' rendezvous: referenced until they have ended
     if args.world_size > 1:
         init_method = args.dist_url  # HigherHRNet's multi-node tcp:// launch
     else:
-        init_method = f"tcp://127.0.0.1:{du.find_free_port()}"
+        store, init_method = du.serve_rendezvous(cfg.DIST_TIMEOUT_MIN)
     try:
-        mp.spawn(_spawn_entry, nprocs=nproc, args=(args.rank, nproc, world_size, init_method, cfg, args), join=True)
+        spawn_args = (args.rank, devices, world_size, init_method, cfg, args)
+        mp.spawn(_spawn_entry, nprocs=nproc, args=spawn_args, join=True)
     except mp.ProcessExitedException as err:
         print(f"dist_train.py: training process {err.error_index} exited with code {err.exit_code}", file=sys.stderr)
         return int(err.exit_code) if err.exit_code and err.exit_code > 0 else 1

@@ -1,6 +1,7 @@
 """Training checkpoints: what a run saves (weights, optimiser, schedule, loss scaler, weight average,
 :class:`~higherpose.core.train_loop.TrainState`, config, RNG states), how it resumes, and the file names
-in the output folder. The file-level I/O (atomic saves, tolerant loading) is
+in the output folder, and how every rank of a distributed run starts from rank 0's files (the resume
+checkpoint, ``MODEL.PRETRAINED``) even where it cannot read them. The file-level I/O (atomic saves, tolerant loading) is
 :mod:`higherpose.utils.checkpoint`.
 
 Differences from HigherHRNet: checkpoints load on the CPU (no ``map_location`` bug); weights are saved
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from higherpose.config import ConfigError
 from higherpose.core.train_loop import NonFiniteLossError, TrainState
 from higherpose.utils import distributed as du
 from higherpose.utils.checkpoint import (
@@ -112,6 +114,15 @@ def save_checkpoint(
     save_atomic(obj, path)
 
 
+def read_checkpoint(path: str) -> dict[str, Any]:
+    """The training checkpoint at ``path`` (ours or HigherHRNet's), on the CPU; a :class:`CheckpointError`
+    when the file is not one."""
+    ckpt = load_file(path)
+    if not isinstance(ckpt, dict) or "epoch" not in ckpt:
+        raise CheckpointError(f"{path} is not a training checkpoint (no 'epoch'); use it as MODEL.PRETRAINED")
+    return ckpt
+
+
 def load_checkpoint(
     path: str,
     model: nn.Module,
@@ -121,14 +132,25 @@ def load_checkpoint(
     restore_rng: bool = True,
     ema: ModelEMA | None = None,
 ) -> TrainState:
-    """Resume from ours or HigherHRNet's training checkpoint (loaded on the CPU: no ``map_location`` bug).
+    """Resume from ours or HigherHRNet's training checkpoint (loaded on the CPU: no ``map_location`` bug)."""
+    return restore_checkpoint(read_checkpoint(path), model, optimizer, scheduler, scaler, restore_rng, ema, path)
+
+
+def restore_checkpoint(
+    ckpt: dict[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: WarmupMultiStepLR | None,
+    scaler: torch.amp.GradScaler | None,
+    restore_rng: bool = True,
+    ema: ModelEMA | None = None,
+    source: str = "checkpoint",
+) -> TrainState:
+    """Put a checkpoint read by :func:`read_checkpoint` into the training objects; returns its state.
 
     HigherHRNet's ``perf`` is the epoch number, not a metric, so it is not taken as the best AP.
     """
-    ckpt = load_file(path)
-    if not isinstance(ckpt, dict) or "epoch" not in ckpt:
-        raise CheckpointError(f"{path} is not a training checkpoint (no 'epoch'); use it as MODEL.PRETRAINED")
-    load_pose_state_dict(du.unwrap(model), extract_state_dict(ckpt), strict=True, source=path)
+    load_pose_state_dict(du.unwrap(model), extract_state_dict(ckpt), strict=True, source=source)
     if ckpt.get("optimizer") is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
     state = TrainState(**ckpt["train_state"]) if "train_state" in ckpt else TrainState()
@@ -153,3 +175,65 @@ def load_checkpoint(
     if restore_rng and ckpt.get("rng"):
         du.set_rng_state(ckpt["rng"])
     return state
+
+
+def _stamp(ckpt: Mapping[str, Any]) -> tuple[int, int]:
+    """What tells two copies of a checkpoint apart: a stale copy on another node is of an older step."""
+    return int(ckpt["epoch"]), int(ckpt.get("global_step", 0))
+
+
+def resume_point(output_dir: str, is_main: bool) -> tuple[str | None, dict[str, Any] | None]:
+    """``(path, checkpoint)`` to resume from, the same on every rank, or ``(None, None)``; every rank
+    must call it.
+
+    Rank 0 alone decides, from its ``output_dir`` (only it writes checkpoints), and sends its choice
+    to all ranks. A rank that cannot read that file, or holds a copy of another step, receives rank
+    0's checkpoint through the process group: on nodes without a shared file system every rank still
+    starts from the same model, optimiser, schedule, scaler and epoch. That transfer pickles the whole
+    checkpoint (weights and optimiser state, about 4x the weights for Adam) and briefly holds it twice
+    on every rank, so it is done only when some rank needs it. A checkpoint rank 0 cannot read stops
+    every rank with the same :class:`CheckpointError`.
+    """
+    path, ckpt, stamp, error = None, None, None, None
+    if is_main:
+        path = checkpoint_to_resume(output_dir)
+        if path is not None:
+            try:
+                ckpt = read_checkpoint(path)
+                stamp = _stamp(ckpt)
+            except CheckpointError as err:
+                error = str(err)
+    path, stamp, error = du.broadcast_object((path, stamp, error))
+    if error is not None:
+        raise CheckpointError(error)
+    if path is None:
+        return None, None
+    if not is_main and os.path.isfile(path):
+        try:
+            local = read_checkpoint(path)
+            ckpt = local if _stamp(local) == stamp else None
+        except CheckpointError:
+            ckpt = None  # a truncated copy: take rank 0's
+    if du.any_rank(ckpt is None):
+        received = du.broadcast_object(ckpt if is_main else None)
+        ckpt = ckpt if ckpt is not None else received
+    return path, ckpt
+
+
+def pretrained_for_this_rank(path: str, is_main: bool) -> str:
+    """The ``MODEL.PRETRAINED`` file this rank loads; every rank must call it (with the same ``path``).
+
+    ``path`` when this rank can read it (or is empty); ``''`` when only rank 0 can: DDP copies rank 0's
+    weights and buffers to every rank when it wraps the model, so such a rank needs no file. A
+    :class:`ConfigError` naming the file on every rank when rank 0 cannot read it, so that all ranks
+    stop together instead of the others waiting for rank 0 until the process-group timeout.
+    """
+    if not path:
+        return ""
+    here = os.path.isfile(path)
+    if not du.broadcast_object(here if is_main else None):
+        raise ConfigError(
+            f"MODEL.PRETRAINED = {path!r} does not exist on rank 0; download the ImageNet HRNet weights "
+            "or set MODEL.PRETRAINED '' to train from scratch"
+        )
+    return path if here else ""

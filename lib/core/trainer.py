@@ -27,8 +27,9 @@ from higherpose.core.checkpointing import (
     BEST_NAME,
     CHECKPOINT_NAME,
     FINAL_NAME,
-    checkpoint_to_resume,
-    load_checkpoint,
+    pretrained_for_this_rank,
+    restore_checkpoint,
+    resume_point,
     save_checkpoint,
     save_weights,
 )
@@ -74,6 +75,13 @@ def _prepare_model(cfg: Any, ctx: du.DistContext, model: nn.Module | None, logge
     if model is None:
         from higherpose.models import build_model
 
+        pretrained = cfg.MODEL.PRETRAINED if cfg.MODEL.INIT_WEIGHTS else ""
+        if pretrained_for_this_rank(pretrained, ctx.is_main) != pretrained:
+            logger.warning(f"=> MODEL.PRETRAINED {pretrained} is not readable here: taking rank 0's weights")
+            cfg = cfg.clone()
+            cfg.defrost()
+            cfg.MODEL.PRETRAINED = ""
+            cfg.freeze()
         model = build_model(cfg, is_train=True)
     if cfg.MODEL.SYNC_BN and ctx.distributed:
         if ctx.device.startswith("cuda"):
@@ -213,7 +221,10 @@ def fit(
 
     Call in every process after :func:`higherpose.utils.distributed.init_distributed`. Rank 0 logs,
     writes TensorBoard, checkpoints (``checkpoint.pth`` every epoch, ``model_best.pth`` on a better
-    validation AP, ``final_state.pth`` at the end) and validates; the other ranks wait at a barrier.
+    validation AP, ``final_state.pth`` at the end) and validates; the other ranks wait at a barrier
+    (``DIST_TIMEOUT_MIN`` must outlast that validation). Rank 0 also decides whether and from which
+    checkpoint to resume, and whether ``MODEL.PRETRAINED`` exists; ranks that cannot read those files
+    start from rank 0's state (:func:`~higherpose.core.checkpointing.resume_point`).
     ``data_loader`` / ``loss_factory`` / ``model`` / ``loader_fn(cfg, distributed)`` replace the
     default builders (tests, custom code).
 
@@ -260,11 +271,16 @@ def fit(
     if cfg.TRAIN.BEGIN_EPOCH:
         scheduler.set_epoch(cfg.TRAIN.BEGIN_EPOCH)
 
-    resume_path = checkpoint_to_resume(output_dir) if cfg.AUTO_RESUME else None
+    # Rank 0 picks the checkpoint; a rank that cannot read it gets rank 0's copy (nodes without a shared
+    # file system), so that every rank starts from the same state.
+    resume_path, ckpt = resume_point(output_dir, ctx.is_main) if cfg.AUTO_RESUME else (None, None)
     saved: tuple[str, int] | None = None  # the checkpoint a stopped run leaves: (path, last epoch in it)
-    if resume_path:
-        # Every rank loads (on the CPU) before DDP wraps the model; RNG states are rank 0's.
-        state = load_checkpoint(resume_path, model, optimizer, scheduler, scaler, restore_rng=ctx.is_main, ema=ema)
+    if resume_path and ckpt is not None:
+        # Every rank restores before DDP wraps the model; RNG states are rank 0's.
+        state = restore_checkpoint(
+            ckpt, model, optimizer, scheduler, scaler, restore_rng=ctx.is_main, ema=ema, source=resume_path
+        )
+        del ckpt  # the optimiser and model hold their own copies now
         saved = (resume_path, state.epoch - 1) if state.epoch > 0 else None
         if ctx.is_main:
             logger.info(f"=> resumed from {resume_path}: epoch {state.epoch}, global step {state.global_step}")

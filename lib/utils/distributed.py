@@ -1,5 +1,6 @@
-"""Distributed helpers: who am I (rank, world size), process-group set-up and tear-down, backend
-choice (NCCL on CUDA, gloo on CPU), free ports, the bare model inside DDP, and seeding (per-run,
+"""Distributed helpers: who am I (rank, world size), which GPU a process trains on, process-group
+set-up (timeout, the launcher-held rendezvous store) and tear-down, backend choice (NCCL on CUDA, gloo
+on CPU), rank 0's decisions sent to every rank, the bare model inside DDP, and seeding (per-run,
 per-epoch and cuDNN determinism).
 
 Every helper works without an initialised process group (then rank 0 of a world of 1), so the
@@ -9,9 +10,11 @@ same training code runs single-process, under ``mp.spawn`` and under ``torchrun`
 from __future__ import annotations
 
 import datetime
+import math
 import os
 import random
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +25,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+# init_method of a rendezvous whose TCPStore the launcher already serves (see serve_rendezvous).
+STORE_SCHEME = "store://"
 
 
 @dataclass(frozen=True)
@@ -83,25 +88,108 @@ def choose_backend(requested: str, use_cuda: bool) -> tuple[str, str | None]:
 
 
 def find_free_port() -> int:
-    """A TCP port free on this host right now (for a single-node rendezvous)."""
+    """A TCP port free on this host right now. Another process may take it before it is bound again;
+    a launcher should use :func:`serve_rendezvous`, which keeps its port."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
+def process_group_timeout(minutes: float) -> datetime.timedelta:
+    """``DIST_TIMEOUT_MIN`` as a timedelta; a :class:`ConfigError` unless it is a finite number > 0."""
+    from higherpose.config import ConfigError
+
+    if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or not math.isfinite(minutes) or minutes <= 0:
+        raise ConfigError(
+            f"DIST_TIMEOUT_MIN = {minutes!r}: must be a number of minutes > 0 (how long a rank waits at a "
+            "collective, e.g. while rank 0 validates)"
+        )
+    return datetime.timedelta(minutes=float(minutes))
+
+
+def serve_rendezvous(timeout_min: float, host: str = "127.0.0.1") -> tuple[Any, str]:
+    """``(store, init_method)`` for a single-node launch: a TCPStore on a port the OS picks, served by
+    the launcher for as long as it keeps ``store``. The ranks join it as clients through
+    ``init_method`` (``store://HOST:PORT``), so no other process can take the port between picking it
+    and binding it, as it could with :func:`find_free_port`."""
+    timeout = process_group_timeout(timeout_min)
+    store = dist.TCPStore(host, 0, None, True, timeout=timeout, wait_for_workers=False)
+    return store, f"{STORE_SCHEME}{host}:{store.port}"
+
+
 def init_distributed(
     backend: str, rank: int, world_size: int, init_method: str = "env://", timeout_min: float = 30.0
 ) -> None:
-    """Join the process group (no-op for a world of 1: single-process training needs no group)."""
+    """Join the process group (no-op for a world of 1: single-process training needs no group).
+
+    ``timeout_min`` (``DIST_TIMEOUT_MIN``) bounds every collective, so it must outlast the longest
+    work one rank does while the others wait (rank 0's validation). ``init_method``: ``env://``,
+    ``tcp://HOST:PORT`` or ``store://HOST:PORT`` (a store served by :func:`serve_rendezvous`).
+    """
+    timeout = process_group_timeout(timeout_min)
     if world_size <= 1 or is_dist():
         return
-    dist.init_process_group(
-        backend=backend,
-        init_method=init_method,
-        world_size=world_size,
-        rank=rank,
-        timeout=datetime.timedelta(minutes=timeout_min),
+    if init_method.startswith(STORE_SCHEME):
+        host, port = init_method[len(STORE_SCHEME) :].rsplit(":", 1)
+        store = dist.TCPStore(host, int(port), world_size, False, timeout=timeout)
+        dist.init_process_group(backend=backend, store=store, world_size=world_size, rank=rank, timeout=timeout)
+        return
+    dist.init_process_group(backend=backend, init_method=init_method, world_size=world_size, rank=rank, timeout=timeout)
+
+
+def cuda_device_index(local_rank: int, device_count: int) -> int:
+    """The GPU of the process with this node-local rank: ``local_rank``, or 0 when the process sees a
+    single GPU (SLURM ``--gpus-per-task=1`` gives each task its own GPU as device 0).
+
+    A :class:`ConfigError` when there are more processes than GPUs: two NCCL ranks on one GPU fail.
+    """
+    from higherpose.config import ConfigError
+
+    if device_count < 1:
+        raise ConfigError("no CUDA device is visible to this process (set DEVICE 'cpu' to train on the CPU)")
+    if local_rank < device_count:
+        return local_rank
+    if device_count == 1:
+        return 0
+    raise ConfigError(
+        f"local rank {local_rank} but only {device_count} GPUs visible: start at most one process per GPU"
     )
+
+
+def spawn_devices(nproc: int, cuda: bool, per_gpu: bool, gpus: Sequence[int], device_count: int) -> list[int | None]:
+    """The device of each process a plain launch starts on this node (its length is the process
+    count): a GPU index, or None for a CPU process.
+
+    - CPU: ``nproc`` processes (``--nproc``; 0 means one);
+    - CUDA, ``nproc`` > 0: GPUs 0 .. nproc-1 (the command line wins over the YAML);
+    - CUDA, ``MULTIPROCESSING_DISTRIBUTED`` (``per_gpu``), ``GPUS`` listing several ids: one process
+      per listed id;
+    - CUDA, ``per_gpu``, ``GPUS`` with one id (HigherHRNet's YAMLs all say ``(0,)``): one process per
+      visible GPU, as HigherHRNet launches, so its YAMLs and commands keep their meaning;
+    - CUDA otherwise: one process on ``GPUS[0]`` (HigherHRNet's single-process path).
+
+    The total batch is ``TRAIN.IMAGES_PER_GPU`` x the process count (the launcher logs both). A
+    :class:`ConfigError` names ``GPUS`` / ``--nproc`` when an id is repeated, negative or not visible.
+    """
+    from higherpose.config import ConfigError
+
+    if not cuda:
+        return [None] * max(1, nproc)
+    if nproc > 0:
+        ids, key = list(range(nproc)), f"--nproc = {nproc}"
+    elif per_gpu and len(gpus) == 1:
+        ids, key = list(range(device_count)), f"GPUS = {tuple(gpus)} (every visible GPU)"
+    else:
+        ids = [int(g) for g in gpus] if per_gpu else [int(gpus[0])] if len(gpus) else []
+        key = f"GPUS = {tuple(gpus)}"
+    if not ids:
+        raise ConfigError(f"{key}: list at least one GPU id")
+    if len(set(ids)) != len(ids) or min(ids) < 0 or max(ids) >= device_count:
+        raise ConfigError(
+            f"{key}: needs distinct GPU ids from 0 to {device_count - 1} ({device_count} visible; "
+            "CUDA_VISIBLE_DEVICES renumbers them from 0)"
+        )
+    return list(ids)
 
 
 def cleanup() -> None:
@@ -115,6 +203,24 @@ def all_reduce_max_(tensor: torch.Tensor) -> torch.Tensor:
     if is_dist():
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return tensor
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` on every rank (pickled; a no-op single-process). Every rank must call it."""
+    if not is_dist():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when ``flag`` is True on at least one. Every rank must call it."""
+    if not is_dist():
+        return bool(flag)
+    flags: list[Any] = [None] * get_world_size()
+    dist.all_gather_object(flags, bool(flag))
+    return any(flags)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -145,7 +251,12 @@ def seed_everything(seed: int) -> None:
 def reseed_epoch(data_loader: Any, seed: int) -> None:
     """Seed everything an epoch draws from: the global RNGs, the loader's shuffling generator and, with
     ``WORKERS 0``, the dataset's augmentation stream. Epoch ``e`` then does not depend on whether the
-    run was resumed, so a resumed run reproduces an uninterrupted one."""
+    run was resumed, so a resumed run reproduces an uninterrupted one.
+
+    With workers, their augmentation streams are seeded from the loader's generator when they start,
+    which is every epoch only if the loader's workers are not persistent (``make_dataloader`` makes
+    them so for a seeded run); persistent workers would keep their epoch-0 streams.
+    """
     seed_everything(seed)
     generator = getattr(data_loader, "generator", None)
     if isinstance(generator, torch.Generator):

@@ -1,6 +1,7 @@
 """Trainer: loss combination, LR schedule, one-epoch loop, resume, atomic checkpoints, non-finite
 losses, bf16 autocast, the faults a user must act on (failed validation, unwritable folders, too many
-persons, unreadable images) — on the tiny HRNet at 128 px with the real COCO sample images."""
+persons, unreadable images), rank 0's resume checkpoint and MODEL.PRETRAINED verdict reaching ranks that
+cannot read them (2 gloo processes) — on the tiny HRNet at 128 px with the real COCO sample images."""
 
 from __future__ import annotations
 
@@ -626,3 +627,91 @@ def test_read_only_output_folder_fails_in_one_line(coco_sample, tmp_path):
             create_logger(_output_cfg(coco_sample, locked, tmp_path / "log"), "tiny.yaml")
     finally:
         os.chmod(locked, 0o700)
+
+
+# ------------------------------------------------------------------- distributed start (2 gloo processes)
+def _resume_rank(rank: int, init: str, cfg, dirs: list[str], out: str) -> None:
+    """One rank resuming with its own OUTPUT_DIR (no shared file system): only rank 0's holds the
+    checkpoint. Saves what it trained with, for the test to compare across ranks."""
+    torch.set_num_threads(1)
+    du.init_distributed("gloo", rank, 2, init, timeout_min=1)  # a rank out of step fails fast
+    try:
+        from higherpose.models import build_model
+
+        optimizers = []
+        real = T.get_optimizer
+        T.get_optimizer = lambda c, m: optimizers.append(real(c, m)) or optimizers[-1]
+        torch.manual_seed(100 + rank)  # different inits per rank: only the resume makes them agree
+        model = build_model(cfg, is_train=True)
+        ctx = du.DistContext(rank, 2, rank, "cpu", "gloo")
+        state = T.fit(cfg, ctx, dirs[rank], os.path.join(dirs[rank], "tb"), logging.getLogger("resume"), model=model)
+        result = {"epoch": state.epoch, "global_step": state.global_step, "model": model.state_dict()}
+        result["optimizer"] = optimizers[0].state_dict()
+        torch.save(result, os.path.join(out, f"rank{rank}.pt"))
+    finally:
+        du.cleanup()
+
+
+def test_rank_without_the_checkpoint_resumes_from_rank0s(coco_sample, tmp_path):
+    """Rank 1 cannot see rank 0's checkpoint.pth; it still resumes at the same epoch with the same
+    model, optimiser and schedule, and both ranks stay equal after a step."""
+    import torch.multiprocessing as mp
+
+    opts = ["TRAIN.ITERS_PER_EPOCH", 1, "AUTO_RESUME", True]
+    run_fit(sample_cfg(coco_sample, *opts, "TRAIN.END_EPOCH", 1), tmp_path / "rank0")
+    assert (tmp_path / "rank0" / CHECKPOINT_NAME).is_file()
+    (tmp_path / "rank1").mkdir()
+    cfg = sample_cfg(coco_sample, *opts, "TRAIN.END_EPOCH", 2)
+    store, init = du.serve_rendezvous(1.0)  # the rendezvous: kept until the processes have ended
+    dirs = [str(tmp_path / "rank0"), str(tmp_path / "rank1")]
+    mp.spawn(_resume_rank, nprocs=2, args=(init, cfg, dirs, str(tmp_path)), join=True)
+
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    # epoch 0 came from the checkpoint (1 step), epoch 1 ran here (4 images, 2 ranks, batch 2: 1 step)
+    assert r0["epoch"] == r1["epoch"] == 2 and r0["global_step"] == r1["global_step"] == 2
+    _assert_same_state(r0["model"], r1["model"])
+    _assert_same_state(r0["optimizer"]["state"], r1["optimizer"]["state"])
+    assert r0["optimizer"]["param_groups"] == r1["optimizer"]["param_groups"]
+    assert int(r1["optimizer"]["state"][0]["step"]) == 2  # Adam's moments were resumed, not restarted
+    assert not (tmp_path / "rank1" / CHECKPOINT_NAME).exists()  # rank 1 writes nothing
+
+
+def _pretrained_rank(rank: int, init: str, path: str, out: str) -> None:
+    """Rank 1 cannot read ``path``, then rank 0 cannot; records what each rank got."""
+    from higherpose.config import ConfigError
+    from higherpose.core import checkpointing
+
+    du.init_distributed("gloo", rank, 2, init, timeout_min=1)
+    try:
+        real_isfile = os.path.isfile
+        checkpointing.os.path.isfile = lambda p: rank == 0 and real_isfile(p)
+        results: list[str] = [checkpointing.pretrained_for_this_rank(path, rank == 0)]
+        checkpointing.os.path.isfile = lambda p: rank == 1 and real_isfile(p)
+        try:
+            checkpointing.pretrained_for_this_rank(path, rank == 0)
+            results.append("no error")
+        except ConfigError as err:
+            results.append(str(err))
+        torch.save(results, os.path.join(out, f"pretrained{rank}.pt"))
+    finally:
+        du.cleanup()
+
+
+def test_pretrained_verdict_is_rank0s_on_every_rank(tmp_path):
+    """A rank that cannot read MODEL.PRETRAINED takes rank 0's weights (through DDP); when rank 0
+    cannot, every rank stops with the file named instead of waiting for rank 0."""
+    import torch.multiprocessing as mp
+
+    from higherpose.config import ConfigError
+    from higherpose.core.checkpointing import pretrained_for_this_rank
+
+    path = tmp_path / "hrnet_w32.pth"
+    torch.save({}, path)
+    assert pretrained_for_this_rank(str(path), True) == str(path) and pretrained_for_this_rank("", True) == ""
+    with pytest.raises(ConfigError, match="does not exist on rank 0"):
+        pretrained_for_this_rank(str(tmp_path / "missing.pth"), True)
+    store, init = du.serve_rendezvous(1.0)  # the rendezvous: kept until the processes have ended
+    mp.spawn(_pretrained_rank, nprocs=2, args=(init, str(path), str(tmp_path)), join=True)
+    (got0, stop0), (got1, stop1) = (torch.load(tmp_path / f"pretrained{r}.pt") for r in (0, 1))
+    assert got0 == str(path) and got1 == ""
+    assert stop0 == stop1 and f"MODEL.PRETRAINED = {str(path)!r} does not exist on rank 0" in stop0

@@ -4,8 +4,10 @@ COCO sample images with the tiny HigherHRNet at 128 px."""
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +45,7 @@ def run_dir(out: Path) -> Path:
         (["DATASET.TRAIN", "train2017"], "person_keypoints_train2017.json not found"),
         (["TRAIN.BEGIN_EPOCH", "1"], "TRAIN.END_EPOCH = 1 must be larger"),
         (["MODEL.PRETRAINED", "/no/such/hrnet_w32.pth"], "MODEL.PRETRAINED"),
+        (["DIST_TIMEOUT_MIN", "0"], "DIST_TIMEOUT_MIN = 0.0"),
     ],
 )
 def test_config_errors_stop_before_any_process(coco_sample, tmp_path, capsys, monkeypatch, opts, message):
@@ -51,6 +54,40 @@ def test_config_errors_stop_before_any_process(coco_sample, tmp_path, capsys, mo
     err = capsys.readouterr().err
     assert "config error" in err and message in err, err
     assert not (tmp_path / "coco_kpt").exists()
+
+
+def test_timeout_from_the_config_reaches_the_process_group(tmp_path, monkeypatch):
+    seen = {}
+
+    def init_process_group(**kw):
+        seen.update(kw)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(du.dist, "init_process_group", init_process_group)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # run_worker sizes the CPU threads
+    args = dist_train.parse_args(argv(tmp_path, "DIST_TIMEOUT_MIN", "240"))
+    cfg = dist_train.load_config(args)
+    with pytest.raises(RuntimeError, match="stop here"):
+        dist_train.run_worker(1, 1, 2, "tcp://127.0.0.1:1", cfg, args)
+    assert seen["timeout"] == datetime.timedelta(minutes=240) and seen["rank"] == 1
+
+
+def test_spawned_processes_rendezvous_at_a_store_the_launcher_holds(coco_sample, tmp_path, monkeypatch):
+    """``--nproc 2``: the port is bound by the launcher before the processes start (no free-port race),
+    one device entry per process."""
+    calls = []
+
+    def spawn(fn, nprocs, args, join):
+        init_method = args[3]
+        host, port = init_method.removeprefix(du.STORE_SCHEME).rsplit(":", 1)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s, pytest.raises(OSError):
+            s.bind((host, int(port)))  # still held while the processes run
+        calls.append((nprocs, args[1], init_method))
+
+    monkeypatch.setattr(dist_train.mp, "spawn", spawn)
+    assert dist_train.main(argv(tmp_path, nproc=2)) == 0
+    ((nprocs, devices, init_method),) = calls
+    assert nprocs == 2 and devices == [None, None] and init_method.startswith(du.STORE_SCHEME)
 
 
 @pytest.fixture

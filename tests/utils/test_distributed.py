@@ -1,8 +1,10 @@
 """Distributed helpers without a process group (the single-process case every helper must support),
-backend choice, torchrun detection, free ports, seeding and RNG state round trips."""
+backend choice, torchrun detection, free ports, seeding and RNG state round trips, the process-group
+timeout, the GPU of each process and the launcher-held rendezvous."""
 
 from __future__ import annotations
 
+import datetime
 import random
 import socket
 
@@ -10,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from higherpose.config import ConfigError
 from higherpose.utils import distributed as du
 
 
@@ -97,3 +100,70 @@ def test_seed_everything_and_rng_state_round_trip():
     du.set_rng_state(state)
     assert draws() == after
     du.set_rng_state({})  # missing entries are left alone
+
+
+# ------------------------------------------------------------------ process group, devices, rendezvous
+@pytest.mark.parametrize("minutes", [0, -5, float("nan"), float("inf"), "30", True, None])
+def test_process_group_timeout_refuses_bad_values(minutes):
+    with pytest.raises(ConfigError, match="DIST_TIMEOUT_MIN"):
+        du.process_group_timeout(minutes)
+
+
+def test_init_distributed_passes_the_timeout(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(du.dist, "init_process_group", lambda **kw: seen.update(kw))
+    du.init_distributed("gloo", 1, 2, "tcp://127.0.0.1:1", timeout_min=240)
+    assert seen["timeout"] == datetime.timedelta(minutes=240) and seen["rank"] == 1 and seen["world_size"] == 2
+    assert du.process_group_timeout(0.5) == datetime.timedelta(seconds=30)
+    with pytest.raises(ConfigError, match="DIST_TIMEOUT_MIN"):  # refused before any rendezvous
+        du.init_distributed("gloo", 0, 2, "tcp://127.0.0.1:1", timeout_min=0)
+
+
+@pytest.mark.parametrize(
+    "local_rank, count, expected",
+    [(0, 1, 0), (3, 1, 0), (0, 4, 0), (3, 4, 3), (4, 4, None), (0, 0, None)],
+)
+def test_cuda_device_index(local_rank, count, expected):
+    """One GPU per SLURM task shows as device 0 whatever the local rank; more ranks than GPUs is an error."""
+    if expected is None:
+        with pytest.raises(ConfigError):
+            du.cuda_device_index(local_rank, count)
+    else:
+        assert du.cuda_device_index(local_rank, count) == expected
+
+
+@pytest.mark.parametrize(
+    "nproc, cuda, per_gpu, gpus, count, expected",
+    [
+        (0, False, True, (0,), 0, [None]),  # CPU: one process
+        (2, False, True, (0,), 0, [None, None]),  # CPU: --nproc gloo processes
+        (0, True, True, (0,), 4, [0, 1, 2, 3]),  # HigherHRNet's GPUS (0,): every visible GPU
+        (0, True, True, (0,), 1, [0]),
+        (0, True, True, (0, 1, 2, 3), 4, [0, 1, 2, 3]),
+        (0, True, True, (2, 3), 4, [2, 3]),
+        (0, True, False, (1, 2), 4, [1]),  # MULTIPROCESSING_DISTRIBUTED False: one process
+        (2, True, True, (0,), 4, [0, 1]),  # --nproc wins over the YAML
+        (0, True, True, (0, 4), 4, None),  # not visible
+        (0, True, True, (1, 1), 4, None),  # repeated
+        (0, True, False, (), 4, None),
+        (5, True, True, (0,), 4, None),
+    ],
+)
+def test_spawn_devices_follows_gpus(nproc, cuda, per_gpu, gpus, count, expected):
+    if expected is None:
+        with pytest.raises(ConfigError, match="GPUS|--nproc"):
+            du.spawn_devices(nproc, cuda, per_gpu, gpus, count)
+    else:
+        assert du.spawn_devices(nproc, cuda, per_gpu, gpus, count) == expected
+
+
+def test_served_rendezvous_keeps_its_port():
+    """The launcher's store holds the port from the moment it is chosen: nothing else can bind it."""
+    store, init_method = du.serve_rendezvous(1.0)
+    host, port = init_method.removeprefix(du.STORE_SCHEME).rsplit(":", 1)
+    assert host == "127.0.0.1" and int(port) == store.port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s, pytest.raises(OSError):
+        s.bind(("127.0.0.1", int(port)))
+    client = torch.distributed.TCPStore(host, int(port), None, False, timeout=datetime.timedelta(seconds=30))
+    client.set("k", "v")
+    assert store.get("k") == b"v"
