@@ -32,6 +32,7 @@ from higherpose.config.cli import add_cfg_argument, add_overrides_argument
 from higherpose.dataset.annotations import AnnotationError
 from higherpose.dataset.build import annotation_file
 from higherpose.utils import distributed as du
+from higherpose.utils.checkpoint import CheckpointError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -102,13 +103,16 @@ def use_cuda(cfg: Any) -> bool:
 def _setup_logging(cfg: Any, args: argparse.Namespace, rank: int) -> tuple[logging.Logger, str, str]:
     """Rank 0: HigherHRNet's ``create_logger`` (file + console, output and TensorBoard folders).
     Other ranks: console warnings only, folders received from rank 0 (one place decides the layout)."""
-    dirs: list[Any] = [None, None]
+    dirs: list[Any] = [None, None, None]  # output folder, TensorBoard folder, rank 0's error
     log = logging.getLogger(f"higherpose.train.rank{rank}")
     if rank == 0:
         from higherpose.utils.logging import create_logger
 
-        log, output_dir, tb_log_dir = create_logger(cfg, args.cfg, "train", rank=0)
-        dirs = [str(output_dir), str(tb_log_dir)]
+        try:
+            log, output_dir, tb_log_dir = create_logger(cfg, args.cfg, "train", rank=0)
+            dirs = [str(output_dir), str(tb_log_dir), None]
+        except ConfigError as err:  # e.g. an unwritable OUTPUT_DIR: every rank must stop, not wait
+            dirs = [None, None, str(err)]
     else:
         log.setLevel(logging.WARNING)
         if not log.handlers:
@@ -120,6 +124,8 @@ def _setup_logging(cfg: Any, args: argparse.Namespace, rank: int) -> tuple[loggi
         import torch.distributed as dist
 
         dist.broadcast_object_list(dirs, src=0)
+    if dirs[2] is not None:
+        raise ConfigError(dirs[2])
     return log, dirs[0], dirs[1]
 
 
@@ -176,6 +182,9 @@ def run_worker(
         raise SystemExit(3) from None
     except ConfigError as err:  # e.g. an OUTPUT_DIR that turns out not to be writable
         print(f"dist_train.py: config error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except CheckpointError as err:  # e.g. a checkpoint rank 0 cannot read: raised on every rank
+        print(f"dist_train.py: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     except AnnotationError as err:  # NaN joints, a truncated JSON, a split without labelled persons
         print(f"dist_train.py: {err}", file=sys.stderr)

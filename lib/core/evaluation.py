@@ -95,7 +95,7 @@ def complete_coco_annotations(dataset: dict) -> dict[str, int]:
     annotations = dataset.get("annotations", [])
     num_values = next((len(a["keypoints"]) for a in annotations if a.get("keypoints")), 0)  # 3 K
     for ann in annotations:
-        if "keypoints" not in ann and num_values:
+        if not ann.get("keypoints") and num_values:  # absent, or null as some crowd regions have
             ann["keypoints"] = [0] * num_values
             counts["keypoints"] += 1
         keypoints = ann.get("keypoints") or []

@@ -1,11 +1,10 @@
-"""HigherHRNet's loops, the references the vectorised code must equal; imported by tests and
-tools/benchmark.py.
+"""HigherHRNet's loops, the references the vectorised code must equal.
 
 Plain Python over persons × joints, copied from the official code with the deviations each docstring
-names (devices instead of ``.cuda()``, compacted person rows in :func:`joints_loop`). Nothing in the
-package runs them: the tests hold the fast code to them (``higherpose.dataset.target_generators``,
+names (devices instead of ``.cuda()``, compacted person rows in :func:`joints_loop`). Training and
+inference never run them: the tests hold the fast code to them (``higherpose.dataset.target_generators``,
 ``higherpose.dataset.coco.get_mask``, ``higherpose.core.group``, ``higherpose.core.loss``) and the
-benchmark times them.
+benchmark sections (``core/bench_core.py``, ``core/bench_data.py``, run by tools/benchmark.py) time them.
 """
 
 from __future__ import annotations

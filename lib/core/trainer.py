@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from higherpose.config import ConfigError
 from higherpose.core import train_loop
 from higherpose.core.checkpointing import (
     BEST_NAME,
@@ -37,6 +38,7 @@ from higherpose.core.train_loop import (
     NonFiniteLossError,
     TrainState,
     amp_settings,
+    do_train,
     make_grad_scaler,
     steps_per_epoch,
 )
@@ -46,6 +48,9 @@ from higherpose.utils.ema import ModelEMA
 from higherpose.utils.logging import ensure_writable_dir
 from higherpose.utils.meters import format_seconds
 from higherpose.utils.optim import build_scheduler, get_optimizer
+
+# HigherHRNet imports the epoch loop from here (``from core.trainer import do_train``).
+__all__ = ["do_train", "fit", "validate"]
 
 _fallback_logger = logging.getLogger(__name__)
 
@@ -234,13 +239,21 @@ def fit(
     are never saved).
     """
     logger = logger or _fallback_logger
+    folder_error = None
     if ctx.is_main:
-        ensure_writable_dir(output_dir, "OUTPUT_DIR")
-        ensure_writable_dir(tb_log_dir, "LOG_DIR")
-        # Temporaries of saves killed mid-write (SIGKILL, out of memory) would pile up run after run.
-        removed = remove_stale_temporaries(output_dir)
-        if removed:
-            logger.info(f"=> removed {len(removed)} temporary files left by interrupted saves: {', '.join(removed)}")
+        try:
+            ensure_writable_dir(output_dir, "OUTPUT_DIR")
+            ensure_writable_dir(tb_log_dir, "LOG_DIR")
+        except ConfigError as err:
+            folder_error = str(err)
+        else:
+            # Temporaries of saves killed mid-write (SIGKILL, out of memory) would pile up run after run
+            # (remove_stale_temporaries logs what it removes).
+            remove_stale_temporaries(output_dir)
+    # Every rank stops on rank 0's folder error, instead of waiting for it in the next collective.
+    folder_error = du.broadcast_object(folder_error)
+    if folder_error is not None:
+        raise ConfigError(folder_error)
     du.setup_determinism(
         int(cfg.TRAIN.SEED),
         cudnn_benchmark=cfg.CUDNN.BENCHMARK,
@@ -360,8 +373,8 @@ def fit(
             save_weights(eval_model, os.path.join(output_dir, FINAL_NAME))
             logger.info(f"=> saved {FINAL_NAME} in {output_dir}")
             _log_end(cfg, state, logger)
-        # All ranks leave together: a rank that tears its gloo group down while rank 0 is still
-        # writing final_state.pth was seen to abort ("terminate called without an active exception").
+        # All ranks leave together: a gloo rank that tears its group down while rank 0 is still
+        # writing final_state.pth can abort ("terminate called without an active exception").
         du.barrier()
     except NonFiniteLossError as err:
         err.args = (f"{err}; {_checkpoint_note(saved)}",)

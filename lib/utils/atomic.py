@@ -10,7 +10,7 @@ with SIGKILL leaves its temporary behind; :func:`remove_stale_temporaries` remov
 the next start. A temporary is stale when its writer is known to be gone: it was made on this host
 by a process id that no longer exists. When that cannot be checked (made on another host sharing the
 folder, a platform without ``os.kill(pid, 0)``, or the PID-less form ``.<target>.<random><ext>.tmp``
-that older versions wrote, ``<ext>`` being the target's extension), it is stale only after
+of a ``mkstemp`` writer, ``<ext>`` being the target's extension), it is stale only after
 :data:`STALE_AFTER_S` without a modification, which no live save comes near. A temporary removed by
 mistake (two containers with the same host name but separate PID namespaces) only makes that save
 fail with an error; the file it would replace is untouched.

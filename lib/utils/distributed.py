@@ -118,7 +118,7 @@ def serve_rendezvous(timeout_min: float, host: str = "127.0.0.1") -> tuple[Any, 
 
 
 def init_distributed(
-    backend: str, rank: int, world_size: int, init_method: str = "env://", timeout_min: float = 30.0
+    backend: str, rank: int, world_size: int, init_method: str = "env://", timeout_min: float = 120.0
 ) -> None:
     """Join the process group (no-op for a world of 1: single-process training needs no group).
 

@@ -9,7 +9,7 @@ Two families:
 * :func:`make_heatmaps` / :func:`make_tagmaps` / :func:`save_batch_maps` / :func:`tile_images`:
   grids of input image ⊕ GT heatmaps / predicted heatmaps / min-max normalised tag maps (JET colour
   map). The official per-joint and per-image loops are replaced by whole-batch array operations (one
-  ``applyColorMap`` per grid); the plain loops stay in the tests. The training debug pictures, which
+  ``applyColorMap`` per grid); the tests keep the plain loops as references. The training debug pictures, which
   read network outputs and group them into people, are assembled a floor above, in
   ``core/debug_images.py``.
 

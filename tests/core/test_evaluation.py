@@ -175,11 +175,11 @@ def test_crowd_region_without_keypoints_evaluates_as_unlabelled(tmp_path):
              "area": 3600.0, "num_keypoints": 0, "segmentation": {"counts": [0, 3600], "size": [60, 60]}}  # fmt: skip
     explicit = dict(crowd, keypoints=[0] * 51)
     paths = []
-    for name, ann in (("missing", crowd), ("explicit", explicit)):
+    for name, ann in (("missing", crowd), ("explicit", explicit), ("null", dict(crowd, keypoints=None))):
         data = dict(gt, annotations=gt["annotations"] + [ann])
         path = tmp_path / f"{name}.json"
         path.write_text(json.dumps(data))
         paths.append(str(path))
-    missing, explicit_metrics = (evaluate_keypoints(p, preds, "coco") for p in paths)
-    assert list(missing.values()) == list(explicit_metrics.values())
+    missing, explicit_metrics, null = (evaluate_keypoints(p, preds, "coco") for p in paths)
+    assert list(missing.values()) == list(explicit_metrics.values()) == list(null.values())
     assert "keypoints" not in json.loads(open(paths[0]).read())["annotations"][-1]  # the file is untouched
