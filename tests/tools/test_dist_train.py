@@ -156,3 +156,15 @@ def test_torchrun_two_processes(coco_sample, tmp_path):
     logs = list(folder.glob("*.log"))
     assert len(logs) == 1 and logs[0].name.endswith("_rank0.log")
     assert "2 process(es)" in logs[0].read_text()
+
+
+def test_unwritable_output_dir_stops_every_process(coco_sample, tmp_path):
+    """OUTPUT_DIR under a regular file: rank 0 finds it when it creates its folders, inside the
+    processes, and sends the error to rank 1; the run ends with a one-line error naming the folder."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    cmd = [sys.executable, "tools/dist_train.py", *argv(tmp_path, nproc=2)]
+    cmd[cmd.index("OUTPUT_DIR") + 1] = str(blocker / "out")
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "OUTPUT_DIR" in result.stderr and str(blocker) in result.stderr, result.stderr[-2000:]
