@@ -122,7 +122,7 @@ def apply_nan_policy(
         logger.warning(f"{msg}: {done} ({state.nan_skipped} skipped so far)")
 
 
-def amp_settings(cfg: Any, device: str) -> tuple[bool, torch.dtype]:
+def amp_settings(cfg: Any) -> tuple[bool, torch.dtype]:
     """``(enabled, dtype)`` of autocast from ``FP16.ENABLED`` / ``FP16.DTYPE``."""
     dtype = torch.bfloat16 if cfg.FP16.DTYPE == "bfloat16" else torch.float16
     return bool(cfg.FP16.ENABLED), dtype
@@ -134,7 +134,7 @@ def make_grad_scaler(cfg: Any, device: str) -> torch.amp.GradScaler | None:
     ``FP16.STATIC_LOSS_SCALE`` > 1 becomes the initial scale; the scaler is always dynamic (torch.amp),
     which covers HigherHRNet's ``DYNAMIC_LOSS_SCALE``.
     """
-    enabled, dtype = amp_settings(cfg, device)
+    enabled, dtype = amp_settings(cfg)
     if not enabled or dtype != torch.float16:
         return None
     init_scale = float(cfg.FP16.STATIC_LOSS_SCALE) if cfg.FP16.STATIC_LOSS_SCALE > 1 else 2.0**16
@@ -246,7 +246,7 @@ def do_train(
     logger = logger or _fallback_logger
     device = ctx.device
     device_type = device.split(":")[0]
-    _, amp_dtype = amp_settings(cfg, device)
+    _, amp_dtype = amp_settings(cfg)
     channels_last = bool(cfg.TRAIN.CHANNELS_LAST)
     n_steps = steps_per_epoch(cfg, data_loader)
     epochs_after = max(0, cfg.TRAIN.END_EPOCH - epoch - 1)

@@ -102,7 +102,7 @@ def _prepare_model(cfg: Any, ctx: du.DistContext, model: nn.Module | None, logge
 def _log_start(
     cfg: Any, ctx: du.DistContext, state: TrainState, n_steps: int, output_dir: str, logger: logging.Logger
 ) -> None:
-    fp16, amp_dtype = amp_settings(cfg, ctx.device)
+    fp16, amp_dtype = amp_settings(cfg)
     logger.info(
         f"=> training {cfg.MODEL.NAME} on {ctx.world_size} process(es), device {ctx.device}, "
         f"backend {ctx.backend or 'none'}, batch {cfg.TRAIN.IMAGES_PER_GPU} x {ctx.world_size}, "
@@ -279,7 +279,7 @@ def fit(
     scheduler = build_scheduler(cfg, optimizer, steps_per_epoch(cfg, data_loader))
     ema = ModelEMA(model, cfg.TRAIN.EMA_DECAY) if cfg.TRAIN.EMA_DECAY > 0 else None
     scaler = make_grad_scaler(cfg, device)
-    fp16, _ = amp_settings(cfg, device)
+    fp16, _ = amp_settings(cfg)
     state = TrainState(epoch=cfg.TRAIN.BEGIN_EPOCH)
     if cfg.TRAIN.BEGIN_EPOCH:
         scheduler.set_epoch(cfg.TRAIN.BEGIN_EPOCH)
