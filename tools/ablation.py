@@ -1,90 +1,104 @@
-"""Ablation on the embedded synthetic set: tiny HigherHRNet vs tiny higher_pose, same budget.
+"""Multi-seed ablation: configs x test input sizes x seeds, each run trained for the same steps.
 
-    python tools/ablation.py                       # both tiny configs as they are (~2 x 15 min on 2 cores)
-    python tools/ablation.py --sizes 256 128       # tested at 256 and in the low-resolution case (128)
-    python tools/ablation.py --smoke               # a smoke run of the same steps (tests)
+    python tools/ablation.py                                   # tiny HigherHRNet vs tiny higher_pose, 3 seeds, 256
+    python tools/ablation.py --seeds 0 1 2 --sizes 256 128 --steps 2000
+    python tools/ablation.py --configs a.yaml b.yaml --seeds 0 1 --steps 40000 --nproc 8 TRAIN.LR 0.002
+    python tools/ablation.py --smoke                           # a few steps on a few images (tests)
 
-Both models train with the same seed, data, schedule and number of steps (the YAMLs in
-experiments/synthetic/ differ only in MODEL.NAME and the SAT head), are validated with the same test
-protocol, and their AP tables are printed side by side (and written to OUTPUT/ablation.md). A size
-is the test input (short side); the training input scales with it as in the config (the tiny configs
-train on 192 crops of what they test at 256, so ``--sizes 128`` trains on 96 crops).
+A size is the test input's short side; the training crop and heatmaps scale with it at the config's
+own training/test ratio (the tiny configs train on 192 crops of what they test at 256). ``--steps N``
+keeps each config's epochs and learning-rate steps and caps every epoch at N / END_EPOCH steps.
+Every finished run is recorded in OUTPUT/results.json: run again, the ablation trains only the runs
+still missing (an interrupted run resumes from its checkpoint) and a finished one re-prints without
+training. Prints and writes OUTPUT/ablation.md (mean ± std over seeds, each seed's AP, the paired
+difference against the first config) and OUTPUT/ablation.png (AP against input size).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
-from higherpose.config import cfg as default_cfg
-from higherpose.config import update_config
+from higherpose.core.ablation import AblationError, Results, plan, plot, run_opts, summary_table
 from higherpose.core.quickstart import DEFAULT_NPROC, REPO, SMOKE_TRAIN, SMOKE_VALID, StepError, make_data, pipeline
+from higherpose.utils.atomic import atomic_write
 
-CONFIGS = {
-    "HigherHRNet (tiny)": "experiments/synthetic/higher_hrnet_tiny.yaml",
-    "higher_pose (tiny)": "experiments/synthetic/higher_pose_tiny.yaml",
-}
+CONFIGS = ["experiments/synthetic/higher_hrnet_tiny.yaml", "experiments/synthetic/higher_pose_tiny.yaml"]
 
 
-def size_opts(cfg_file: str, size: int) -> list[str]:
-    """Overrides that test ``cfg_file`` at short side ``size`` and train it at the config's own
-    training/test input ratio."""
-    cfg = default_cfg.clone()
-    update_config(cfg, argparse.Namespace(cfg=str(REPO / cfg_file), opts=[]))
-    test = cfg.TEST.INPUT_SIZE or cfg.DATASET.INPUT_SIZE
-    train, rest = divmod(size * cfg.DATASET.INPUT_SIZE, test)
-    if rest or train % 32:
-        exact = size * cfg.DATASET.INPUT_SIZE / test
-        sys.exit(f"ablation: --sizes {size}: {cfg_file} would train at {exact:g}, not a multiple of 32")
-    return [
-        *("DATASET.INPUT_SIZE", str(train), "DATASET.OUTPUT_SIZE", f"[{train // 4}, {train // 2}]"),
-        *("TEST.INPUT_SIZE", str(size)),
-    ]
-
-
-def side_by_side(rows: dict[str, dict[str, float]]) -> str:
-    """Markdown table: one row per (model, input size), one column per metric."""
-    names = list(next(iter(rows.values())).keys()) if rows else []
-    lines = ["| model | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    for model, metrics in rows.items():
-        lines.append(f"| {model} | " + " | ".join(f"{metrics.get(n, float('nan')):.3f}" for n in names) + " |")
-    return "\n".join(lines)
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", nargs="+", type=int, default=[256], help="test input sizes (multiples of 32)")
-    parser.add_argument("--output", default="output/ablation")
+    parser.add_argument("--configs", nargs="+", default=CONFIGS, help="experiment YAMLs (the first is the baseline)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="TRAIN.SEED of the runs")
+    parser.add_argument("--sizes", nargs="+", type=int, default=[256], help="test input sizes (short side)")
+    parser.add_argument("--steps", type=int, help="optimiser steps of every run (default: the configs' schedule)")
+    parser.add_argument("--output", default="output/ablation", help="results, tables, plot and the runs' folders")
     parser.add_argument("--smoke", action="store_true", help="a few steps on a few images (tests, CI)")
     parser.add_argument("--nproc", type=int, default=DEFAULT_NPROC, help="training processes (default %(default)s)")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for both models")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for every run")
     args = parser.parse_args(argv)
 
-    data_root = REPO / ("data/synthetic_smoke" if args.smoke else "data/synthetic")
     output = Path(args.output) if Path(args.output).is_absolute() else REPO / args.output
-    make_data(data_root, args.smoke)
-    train = list(SMOKE_TRAIN) if args.smoke else []
-    valid = SMOKE_VALID if args.smoke else []
-    rows: dict[str, dict[str, float]] = {}
-    seconds: dict[str, int] = {}
-    for size in args.sizes:
-        for name, cfg in CONFIGS.items():
-            label = f"{name} @{size}"
-            out = output / f"{Path(cfg).stem}_{size}"
-            opts = [*size_opts(cfg, size), *args.opts]
-            summary = pipeline(cfg, out, data_root, [*train, *opts], [*valid, *opts], demo_images=0, nproc=args.nproc)
-            rows[label] = summary["metrics"]
-            seconds[label] = summary["train_seconds"]
+    runs = plan(args.configs, args.sizes, args.seeds)
+    train = [*SMOKE_TRAIN] if args.smoke else []
+    valid = [*SMOKE_VALID] if args.smoke else []
+    opts = {run.key: run_opts(run, args.steps, [*train, *args.opts]) for run in runs}  # checks every setting first
+    settings = {"configs": args.configs, "steps": args.steps, "opts": args.opts, "smoke": args.smoke}
+    results = Results.open(output, settings)
 
-    table = side_by_side(rows)
+    data_root = None
+    if all(Path(c).parent.name == "synthetic" for c in args.configs) or args.smoke:
+        data_root = REPO / ("data/synthetic_smoke" if args.smoke else "data/synthetic")
+        make_data(data_root, args.smoke)
+
+    todo = [run for run in runs if run.key not in results.runs]
+    print(f"[ablation] {len(runs)} runs, {len(runs) - len(todo)} already in {results.path}, {len(todo)} to train")
+    start, done_weight = time.perf_counter(), 0
+    left_weight = sum(run.size**2 for run in todo)  # a run's time grows with its pixels
+    for i, run in enumerate(todo, 1):
+        print(f"\n[ablation] run {i}/{len(todo)}: {run.key}", flush=True)
+        extra = [*opts[run.key], *args.opts]
+        summary = pipeline(
+            run.config,
+            output / run.folder,
+            data_root,
+            [*train, *extra],
+            [*valid, *extra],
+            demo_images=0,
+            nproc=args.nproc,
+        )
+        if not summary["metrics"]:
+            raise StepError(f"{run.key}: valid.py wrote no metrics under {output / run.folder}")
+        if args.steps and summary["train_steps"] != args.steps:
+            print(
+                f"[ablation] WARNING: {run.key} trained {summary['train_steps']} steps, not {args.steps}: "
+                "its epochs are shorter than --steps / TRAIN.END_EPOCH",
+                flush=True,
+            )
+        keep = ("train_steps", "train_seconds", "valid_seconds", "metrics", "weights")
+        results.add(run, {k: summary[k] for k in keep})
+        done_weight, left_weight = done_weight + run.size**2, left_weight - run.size**2
+        elapsed = time.perf_counter() - start
+        eta = elapsed / done_weight * left_weight
+        print(
+            f"[ablation] {run.key}: AP {summary['metrics']['AP']:.3f}; {i}/{len(todo)} trained in "
+            f"{_minutes(elapsed)}, about {_minutes(eta)} left",
+            flush=True,
+        )
+
+    labels = list(dict.fromkeys(run.label for run in runs))
+    finished = [results.runs[run.key] for run in runs if run.key in results.runs]
+    table = summary_table(finished, labels, args.sizes)
     print("\n" + table)
-    print("\ntraining seconds: " + ", ".join(f"{k} {v}" for k, v in seconds.items()))
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "ablation.md").write_text(table + "\n")
-    (output / "ablation.json").write_text(json.dumps({"metrics": rows, "train_seconds": seconds}, indent=1))
+    atomic_write(output / "ablation.md", lambda f: f.write(table + "\n"))
+    plot(finished, labels, args.sizes, output / "ablation.png")
+    print(f"\n[ablation] wrote {output / 'ablation.md'}, {output / 'ablation.png'} and {results.path}")
     return 0
 
 
@@ -92,7 +106,7 @@ if __name__ == "__main__":
     start = time.perf_counter()
     try:
         code = main()
-    except StepError as err:
+    except (StepError, AblationError) as err:
         sys.exit(f"ablation: {err}")
     print(f"[ablation] {time.perf_counter() - start:.0f} s")
     sys.exit(code)

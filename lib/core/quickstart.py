@@ -55,19 +55,22 @@ def make_data(root: Path, smoke: bool, run: Runner = run_step) -> None:
 def pipeline(
     cfg: str,
     output: Path,
-    data_root: Path,
+    data_root: Path | None,
     train_opts: list[str],
     valid_opts: list[str],
     demo_images: int,
     nproc: int = DEFAULT_NPROC,
     run: Runner = run_step,
 ) -> dict:
-    """Train ``cfg`` into ``output`` with ``nproc`` CPU processes, validate it and draw ``demo_images``
-    validation pictures, each step through ``run``; returns a summary (weights, training seconds, the
-    metrics valid.py wrote, the demo folder). :class:`StepError` when training wrote no weights."""
+    """Train ``cfg`` into ``output`` with ``nproc`` processes on the data at ``data_root``, validate
+    it and draw ``demo_images`` validation pictures, each step through ``run``; returns a summary
+    (weights, training seconds, the metrics valid.py wrote, the demo folder).
+    :class:`StepError` when training wrote no weights."""
     py = sys.executable
     output = output.resolve()
-    opts = ["OUTPUT_DIR", str(output), "LOG_DIR", str(output / "log"), "DATASET.ROOT", str(data_root.resolve())]
+    opts = ["OUTPUT_DIR", str(output), "LOG_DIR", str(output / "log")]
+    if data_root is not None:  # None: the config's own DATASET.ROOT
+        opts += ["DATASET.ROOT", str(data_root.resolve())]
     start = time.perf_counter()
     run([py, "tools/dist_train.py", "--nproc", str(nproc), "--cfg", cfg, *opts, *train_opts])
     train_s = time.perf_counter() - start
