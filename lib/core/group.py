@@ -8,9 +8,15 @@ at the best position near the person's mean tag). Results equal the official cod
 * persons are kept in a list, not in a dict keyed by the float tag of their first joint (two
   persons with the same first tag value overwrote each other officially);
 * ``scipy.optimize.linear_sum_assignment`` replaces the pure-Python Munkres (same optimal assignment);
-* ``adjust`` and ``refine`` are vectorised over persons and joints; ``refine`` evaluates the tag
-  distance maps of all missing joints of all persons in batched tensor ops on the maps' device
-  (the official copied the maps to the CPU once per person and scanned all K maps per person);
+* on CPU, ``parse`` finds the candidates without pooling the whole map (:meth:`HeatmapParser.candidates`):
+  only pixels above the detection threshold are compared with their NMS window, since ``match_by_tag``
+  drops every other top-k entry; joints whose kept maxima have equal values (ordered by torch.topk's
+  tie rule) take the dense NMS + top-k path. ``top_k`` itself is the official one;
+* ``adjust`` and ``refine`` are vectorised over persons and joints. On CPU ``refine`` finds each
+  missing joint's argmax of ``det - round(tag distance)`` exactly from few pixels, by upper bounds
+  (:mod:`higherpose.core.group_refine`); pairs the bounds do not narrow down, and maps on other
+  devices, are evaluated on the full map in batched tensor ops (the official copied the maps to the
+  CPU once per person and scanned all K maps per person);
 * ``refine`` runs on every image of the batch (officially only image 0; valid.py used batch 1);
 * with ``DATASET.USE_UDP`` (NEW) ``adjust`` and ``refine`` place a joint at its peak plus the Taylor
   offset of :func:`~higherpose.core.udp.taylor_offsets`, without the +0.5 and the quarter shift.
@@ -26,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
+from higherpose.core import group_refine
 from higherpose.core.layout import OutputLayout
 from higherpose.core.udp import taylor_offsets
 from higherpose.dataset.specs import spec_from_cfg
@@ -70,6 +77,14 @@ class Params:
         )
 
 
+def _np_mean0(rows: list[np.ndarray]) -> np.ndarray:
+    """``np.mean(rows, axis=0)`` by the same two ufunc calls numpy's ``_mean`` makes (bit-identical),
+    without its Python overhead. rows: a list of (L,) float arrays."""
+    arr = np.asanyarray(rows)
+    total = np.add.reduce(arr, axis=0)
+    return np.true_divide(total, np.intp(arr.shape[0]), out=total, casting="unsafe", subok=False)
+
+
 def match_by_tag(tag_k: np.ndarray, loc_k: np.ndarray, val_k: np.ndarray, params: Params) -> np.ndarray:
     """Group one image's candidates into persons.
 
@@ -81,12 +96,19 @@ def match_by_tag(tag_k: np.ndarray, loc_k: np.ndarray, val_k: np.ndarray, params
     default = np.zeros((params.num_joints, 3 + num_tag))
     persons: list[np.ndarray] = []  # (K, 3+L) each
     person_tags: list[list[np.ndarray]] = []  # tags collected per person
+    means: list[np.ndarray | None] = []  # np.mean of each person's tags, None once a tag was added
 
     def new_person(joint_idx: int, joint: np.ndarray, tag: np.ndarray) -> None:
         person = np.copy(default)
         person[joint_idx] = joint
         persons.append(person)
         person_tags.append([tag])
+        means.append(None)
+
+    def mean_tag(p: int) -> np.ndarray:
+        if means[p] is None:
+            means[p] = _np_mean0(person_tags[p])
+        return means[p]
 
     for i, idx in enumerate(params.joint_order):
         tags = tag_k[idx]
@@ -104,7 +126,7 @@ def match_by_tag(tag_k: np.ndarray, loc_k: np.ndarray, val_k: np.ndarray, params
         num_grouped = min(len(persons), params.max_num_people)
         if params.ignore_too_much and num_grouped == params.max_num_people:
             continue
-        grouped_tags = np.array([np.mean(person_tags[p], axis=0) for p in range(num_grouped)])
+        grouped_tags = np.array([mean_tag(p) for p in range(num_grouped)])
 
         diff = joints[:, None, 3:] - grouped_tags[None, :, :]
         diff_saved = np.linalg.norm(diff, ord=2, axis=2)
@@ -121,6 +143,7 @@ def match_by_tag(tag_k: np.ndarray, loc_k: np.ndarray, val_k: np.ndarray, params
             if row < num_added and col < num_grouped and diff_saved[row][col] < params.tag_threshold:
                 persons[col][idx] = joints[row]
                 person_tags[col].append(tags[row])
+                means[col] = None
             else:
                 new_person(idx, joints[row], tags[row])
 
@@ -162,6 +185,54 @@ class HeatmapParser:
         loc_k = torch.stack((ind % w, ind // w), dim=3)
         return {"tag_k": tag_k.cpu().numpy(), "loc_k": loc_k.cpu().numpy(), "val_k": val_k.cpu().numpy()}
 
+    def candidates(self, det: torch.Tensor, tag: torch.Tensor) -> dict[str, np.ndarray]:
+        """What :meth:`match` keeps of :meth:`top_k`: per joint the local maxima above the detection
+        threshold, largest first, at most MAX_NUM_PEOPLE; the remaining slots hold value 0 (which
+        :meth:`match` drops, as it drops every top-k entry not above the threshold).
+
+        On CPU only the pixels above the threshold are tested against their NMS window, instead of
+        max-pooling the whole map (:func:`_local_maxima`). Where equal values among the kept maxima
+        leave torch.topk's order to its tie rule, that joint takes the dense path (:meth:`top_k`)."""
+        thr = self.params.detection_threshold
+        window_ok = 2 * self.nms_padding == self.nms_kernel - 1
+        if det.device.type != "cpu" or not window_ok or not thr >= 0 or det.dtype not in _NP_FLOATS:
+            return self.top_k(det, tag)
+        num_images, num_joints, h, w = det.shape
+        t = self.params.max_num_people
+        det_np = det.detach().contiguous().numpy()
+        num_tag = tag.size(-1)
+        val_k = np.zeros((num_images, num_joints, t), dtype=det_np.dtype)
+        loc_k = np.zeros((num_images, num_joints, t, 2), dtype=np.int64)
+        tag_k = np.zeros((num_images, num_joints, t, num_tag), dtype=_np_dtype(tag.dtype))
+        tag_flat = tag.detach().reshape(num_images, tag.size(1), h * w, num_tag)
+        for b in range(num_images):
+            found = _local_maxima(det_np[b], thr, self.nms_padding)
+            if found is None:  # too many pixels above the threshold: the dense path is faster
+                dense = self.top_k(det[b : b + 1], tag[b : b + 1])
+                tag_k[b], loc_k[b], val_k[b] = dense["tag_k"][0], dense["loc_k"][0], dense["val_k"][0]
+                continue
+            joint, pix, val = found
+            order = np.lexsort((-val, joint))  # by joint, then value descending
+            joint, pix, val = joint[order], pix[order], val[order]
+            first = np.searchsorted(joint, np.arange(num_joints + 1))
+            rank = np.arange(len(joint)) - first[joint]
+            # Ties among the kept maxima (or at the cut) would be ordered by torch.topk's tie rule.
+            tie = (rank[1:] > 0) & (rank[1:] <= t) & (val[1:] == val[:-1])
+            dense_joints = np.unique(joint[1:][tie])
+            keep = rank < t
+            joint, pix, val, rank = joint[keep], pix[keep], val[keep], rank[keep]
+            val_k[b, joint, rank] = val
+            loc_k[b, joint, rank, 0] = pix % w
+            loc_k[b, joint, rank, 1] = pix // w
+            src_joint = joint if tag.size(1) == num_joints else np.zeros_like(joint)
+            sampled = tag_flat[b, torch.as_tensor(src_joint), torch.as_tensor(pix)]
+            tag_k[b, joint, rank] = sampled.cpu().numpy()
+            for j in dense_joints:
+                tj = tag[b : b + 1, j : j + 1] if tag.size(1) == num_joints else tag[b : b + 1]
+                dense = _top_k_dense(self, det[b : b + 1, j : j + 1], tj)
+                tag_k[b, j], loc_k[b, j], val_k[b, j] = dense["tag_k"][0, 0], dense["loc_k"][0, 0], dense["val_k"][0, 0]
+        return {"tag_k": tag_k, "loc_k": loc_k, "val_k": val_k}
+
     def match(self, tag_k: np.ndarray, loc_k: np.ndarray, val_k: np.ndarray) -> list[np.ndarray]:
         return [match_by_tag(t, loc, v, self.params) for t, loc, v in zip(tag_k, loc_k, val_k)]
 
@@ -190,7 +261,7 @@ class HeatmapParser:
         self, det: torch.Tensor, tag: torch.Tensor, adjust: bool = True, refine: bool = True
     ) -> tuple[list[np.ndarray], list[list[float]]]:
         """Like :meth:`parse` for every image: ``(grouped per image (P, K, 3+L), scores per image)``."""
-        ans = self.match(**self.top_k(det, tag))
+        ans = self.match(**self.candidates(det, tag))
         if adjust:
             ans = self.adjust_udp(ans, det) if self.udp else self.adjust(ans, det)
         # Person score = mean of all K joint values before refinement (zeros included), as HigherHRNet.
@@ -210,6 +281,74 @@ class HeatmapParser:
         pixels; ``scores`` are image 0's person scores (HigherHRNet's return shape)."""
         grouped, scores = self.parse_batch(det, tag, adjust, refine)
         return grouped, scores[0]
+
+
+_NP_FLOATS = (torch.float16, torch.float32, torch.float64)
+
+
+def _np_dtype(dtype: torch.dtype) -> np.dtype:
+    return torch.empty(0, dtype=dtype).numpy().dtype
+
+
+def _top_k_dense(parser: HeatmapParser, det: torch.Tensor, tag: torch.Tensor) -> dict[str, np.ndarray]:
+    """HigherHRNet's NMS + top-k on det (B, J, H, W) for any J; tag (B, J or 1, H, W, L)."""
+    det = parser.nms(det)
+    num_images, num_joints, h, w = det.shape
+    val_k, ind = det.view(num_images, num_joints, -1).topk(parser.params.max_num_people, dim=2)
+    tag = tag.reshape(tag.size(0), tag.size(1), w * h, -1).expand(-1, num_joints, -1, -1)
+    tag_k = torch.gather(tag, 2, ind[..., None].expand(-1, -1, -1, tag.size(3)))
+    loc_k = torch.stack((ind % w, ind // w), dim=3)
+    return {"tag_k": tag_k.cpu().numpy(), "loc_k": loc_k.cpu().numpy(), "val_k": val_k.cpu().numpy()}
+
+
+# The NMS shortcut tests pixels one by one; above this share of pixels over the threshold max-pooling the
+# whole map is cheaper.
+_SPARSE_SHARE = 1 / 8
+
+
+def _threshold_below(thr: float, dtype: np.dtype) -> np.generic:
+    """The largest value of ``dtype`` not above ``thr``: ``x > it`` in ``dtype`` is ``float(x) > thr``."""
+    t = dtype.type(thr)
+    if float(t) > thr:
+        t = np.nextafter(t, dtype.type(-np.inf))
+    return t
+
+
+def _local_maxima(det: np.ndarray, thr: float, pad: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The pixels HigherHRNet's NMS keeps (``det == max_pool2d(det, 2 pad + 1, 1, pad)``) whose value is
+    above ``thr``, for det (K, H, W) as numpy: ``(joint, flat pixel index y * W + x, value)``, or None
+    when too many pixels are above ``thr``.
+
+    A kept pixel is not smaller than any in-map pixel of its window (the pooling pads with -inf); only
+    the pixels above ``thr`` are tested, nearest neighbours first, dropping each pixel at its first
+    larger neighbour. Exact: the same comparisons as the pooled map, on the pixels that matter."""
+    k, h, w = det.shape
+    flat = det.reshape(-1)
+    idx = np.flatnonzero(flat > _threshold_below(thr, det.dtype))
+    if idx.size > _SPARSE_SHARE * flat.size:
+        return None
+    offsets = [(0, 1), (0, -1), (1, 0), (-1, 0)]
+    offsets += [(dy, dx) for dy in range(-pad, pad + 1) for dx in range(-pad, pad + 1)
+                if (dy, dx) not in offsets and (dy, dx) != (0, 0)]  # fmt: skip
+    y, x = np.divmod(idx % (h * w), w)
+    border = (y < pad) | (y >= h - pad) | (x < pad) | (x >= w - pad)
+    # Pixels whose whole window is inside the map: plain comparisons with shifted indices.
+    inner = idx[~border]
+    val = flat[inner]
+    for dy, dx in offsets:
+        keep = val >= flat[inner + (dy * w + dx)]
+        inner, val = inner[keep], val[keep]
+    # The others: off-map neighbours compare with the pixel itself.
+    edge, y, x = idx[border], y[border], x[border]
+    edge_val = flat[edge]
+    for dy, dx in offsets:
+        ny, nx = y + dy, x + dx
+        inside = (ny >= 0) & (ny < h) & (nx >= 0) & (nx < w)
+        keep = edge_val >= flat[np.where(inside, edge + (dy * w + dx), edge)]
+        edge, edge_val, y, x = edge[keep], edge_val[keep], y[keep], x[keep]
+    idx = np.concatenate((inner, edge))
+    plane, pix = np.divmod(idx, h * w)
+    return plane, pix, np.concatenate((val, edge_val))
 
 
 def _separable_max(x: torch.Tensor, k: int, p: int) -> torch.Tensor:
@@ -276,40 +415,6 @@ def _adjust(ans: list[np.ndarray], det: torch.Tensor, udp: bool) -> list[np.ndar
 _REFINE_CHUNK = 1 << 22
 
 
-# Candidate pixels of the exact pruned refine: det above this fraction of the joint's maximum.
-_PEAK_FRACTION = 0.25
-
-
-def _refine_on_peaks(
-    det: torch.Tensor, planes: torch.Tensor, prev: torch.Tensor, p_mis: np.ndarray, j_mis: np.ndarray, best: np.ndarray
-) -> None:
-    """Exact shortcut of refine's full-map argmax, evaluated on the few pixels where det is high.
-
-    ``score = det - round(dist)`` with ``round(dist) >= 0``, so a pixel with ``det <= t`` scores at most
-    ``t``. If the best score over the candidates ``det > t`` exceeds ``t``, it is the full-map maximum,
-    and the first one in flat order (candidates are in flat order; no pixel outside can tie). Those
-    (person, joint) pairs get their flat index in ``best``; the rest stay -1 for the full computation.
-    det: (K, H, W); planes: (K, L, H, W); prev: (P, L); p_mis, j_mis, best: (n,).
-    """
-    for j in np.unique(j_mis):
-        rows = np.nonzero(j_mis == j)[0]
-        flat = det[j].reshape(-1)
-        t = flat.max() * _PEAK_FRACTION
-        if not bool(t > 0):
-            continue
-        cand = torch.nonzero(flat > t).squeeze(1)  # ascending flat indices
-        tags = planes[j].reshape(planes.size(1), -1)[:, cand]  # (L, C)
-        p_t = torch.as_tensor(p_mis[rows], device=det.device)
-        dist = None
-        for li in range(tags.size(0)):
-            diff = (tags[li][None, :] - prev[p_t, li][:, None]).square_()  # (n, C)
-            dist = diff if dist is None else dist.add_(diff)
-        score = flat[cand][None, :] - dist.sqrt_().round_()
-        value, arg = score.max(dim=1)
-        ok = (value > t).cpu().numpy()
-        best[rows[ok]] = cand[arg].cpu().numpy()[ok]
-
-
 def _refine_people(
     det: torch.Tensor, tag: torch.Tensor, people: np.ndarray, num_joints: int, udp: bool = False
 ) -> None:
@@ -342,9 +447,9 @@ def _refine_people(
         torch.as_tensor(xy[p_det, j_det, 0], dtype=torch.long, device=tag.device),
     ]
     sampled = sampled.detach().cpu().numpy()
-    prev_tags = np.zeros((people.shape[0], tag.size(3)), dtype=np.float32)
+    prev_tags = np.zeros((people.shape[0], tag.size(3)), dtype=sampled.dtype)
     for p in np.nonzero(has_any)[0]:
-        prev_tags[p] = np.mean(sampled[p_det == p], axis=0)
+        prev_tags[p] = _np_mean0(sampled[p_det == p])
 
     p_mis, j_mis = np.nonzero(missing)
     prev = torch.as_tensor(prev_tags, device=tag.device, dtype=tag.dtype)
@@ -353,7 +458,9 @@ def _refine_people(
     # L runs in the official order, so distances are bit-identical to its ((t - m) ** 2).sum(2) ** 0.5.
     planes = tag.detach().permute(0, 3, 1, 2)
     best = np.full(len(p_mis), -1, dtype=np.int64)
-    _refine_on_peaks(det_f, planes, prev, p_mis, j_mis, best)
+    on_cpu = det.device.type == "cpu" and tag.device.type == "cpu"
+    if on_cpu and det.dtype in _NP_FLOATS and tag.dtype in _NP_FLOATS:
+        group_refine.refine_pruned(det_f.numpy(), tag.detach().numpy(), prev.numpy(), p_mis, j_mis, best)
     todo = np.nonzero(best < 0)[0]
     step = max(1, _REFINE_CHUNK // (h * w))
     for start in range(0, len(todo), step):
@@ -367,7 +474,9 @@ def _refine_people(
             dist = diff if dist is None else dist.add_(diff)
         dist.sqrt_().round_()
         score = torch.sub(det_f[j_t], dist, out=dist)
-        best[sel] = score.reshape(score.size(0), -1).argmax(dim=1).cpu().numpy()
+        flat_score = score.reshape(score.size(0), -1)
+        # numpy's argmax (first maximum, as torch's) is much faster on CPU.
+        best[sel] = flat_score.numpy().argmax(axis=1) if on_cpu else flat_score.argmax(dim=1).cpu().numpy()
 
     rows, cols = best // w, best % w
     val = det_f[

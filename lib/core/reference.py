@@ -257,6 +257,75 @@ def ref_refine(det: np.ndarray, tag: np.ndarray, keypoints: np.ndarray) -> np.nd
     return keypoints
 
 
+def lsa_assignment(cost: np.ndarray) -> list[tuple[int, int]]:
+    """Min-cost assignment of every row of ``cost`` (R, C), R <= C, by scipy's linear_sum_assignment:
+    [(row, col)] sorted by row. Stands in for the pure-Python Munkres (not installed here) where the
+    brute force is too slow; both are optimal, and faster than Munkres, so timings of the official
+    pipeline made with it are, if anything, too low."""
+    from scipy.optimize import linear_sum_assignment
+
+    rows, cols = linear_sum_assignment(cost)
+    return list(zip(rows.tolist(), cols.tolist()))
+
+
+def ref_nms(det: torch.Tensor, kernel: int, padding: int) -> torch.Tensor:
+    """HigherHRNet's HeatmapParser.nms: ``det * (MaxPool2d(kernel, 1, padding)(det) == det)``."""
+    maxm = torch.nn.MaxPool2d(kernel, 1, padding)(det)
+    maxm = torch.eq(maxm, det).float()
+    return det * maxm
+
+
+def ref_top_k(
+    det: torch.Tensor, tag: torch.Tensor, params: Any, kernel: int, padding: int, tag_per_joint: bool = True
+) -> dict[str, np.ndarray]:
+    """HigherHRNet's HeatmapParser.top_k: NMS, then the ``max_num_people`` largest values per joint.
+    det (B, K, H, W), tag (B, K or 1, H, W, L) -> numpy tag_k (B, K, T, L), loc_k (B, K, T, 2) (x, y),
+    val_k (B, K, T). ``(ind / w).long()`` is written as a floor division (same for ind >= 0)."""
+    det = ref_nms(det, kernel, padding)
+    num_images, num_joints, h, w = det.size(0), det.size(1), det.size(2), det.size(3)
+    det = det.view(num_images, num_joints, -1)
+    val_k, ind = det.topk(params.max_num_people, dim=2)
+    tag = tag.view(tag.size(0), tag.size(1), w * h, -1)
+    if not tag_per_joint:
+        tag = tag.expand(-1, params.num_joints, -1, -1)
+    tag_k = torch.stack([torch.gather(tag[:, :, :, i], 2, ind) for i in range(tag.size(3))], dim=3)
+    x = ind % w
+    y = torch.div(ind, w, rounding_mode="floor").long()
+    ind_k = torch.stack((x, y), dim=3)
+    return {"tag_k": tag_k.cpu().numpy(), "loc_k": ind_k.cpu().numpy(), "val_k": val_k.cpu().numpy()}
+
+
+def ref_parse(
+    det: torch.Tensor,
+    tag: torch.Tensor,
+    params: Any,
+    kernel: int,
+    padding: int,
+    tag_per_joint: bool = True,
+    adjust: bool = True,
+    refine: bool = True,
+    assign: Assignment = lsa_assignment,
+) -> tuple[list[np.ndarray], list[float]]:
+    """HigherHRNet's HeatmapParser.parse: top-k, match (``assign`` for Munkres), adjust, scores (before
+    refine), then refine of every person of image 0 with det / tag copied to numpy per person.
+    det (B, K, H, W), tag (B, K or 1, H, W, L) -> ([persons of each image (P, K, 3+L)], scores of image 0)."""
+    top = ref_top_k(det, tag, params, kernel, padding, tag_per_joint)
+    ans = [ref_match_by_tag(t, loc, v, params, assign) for t, loc, v in zip(top["tag_k"], top["loc_k"], top["val_k"])]
+    if adjust:
+        ans = ref_adjust(ans, det)
+    scores = [i[:, 2].mean() for i in ans[0]]
+    if refine:
+        ans = ans[0]
+        for i in range(len(ans)):
+            det_numpy = det[0].cpu().numpy()
+            tag_numpy = tag[0].cpu().numpy()
+            if not tag_per_joint:
+                tag_numpy = np.tile(tag_numpy, (params.num_joints, 1, 1, 1))
+            ans[i] = ref_refine(det_numpy, tag_numpy, ans[i])
+        ans = [ans]
+    return ans, scores
+
+
 # ------------------------------------------------------------------ loss (core/loss.py)
 
 

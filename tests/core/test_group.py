@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from higherpose.core import group
+from higherpose.core import group_refine
 from higherpose.core.group import HeatmapParser, Params, match_by_tag
 from higherpose.core.reference import brute_force_assignment, ref_adjust, ref_match_by_tag, ref_refine
 from tests.conftest import TINY_HRNET, load_cfg
@@ -247,13 +247,13 @@ def test_refine_peak_shortcut_and_full_fallback_both_run(monkeypatch):
     tag = tag.clone()
     tag[0, 0, 3, 3] = 100.0
     settled = []
-    real = group._refine_on_peaks
+    real = group_refine.refine_pruned
 
-    def spy(det_, planes, prev, p_mis, j_mis, best):
-        real(det_, planes, prev, p_mis, j_mis, best)
+    def spy(det_, tag_, prev, p_mis, j_mis, best):
+        real(det_, tag_, prev, p_mis, j_mis, best)
         settled.append((int((best >= 0).sum()), len(best)))
 
-    monkeypatch.setattr(group, "_refine_on_peaks", spy)
+    monkeypatch.setattr(group_refine, "refine_pruned", spy)
     want = np.stack([ref_refine(det[0].numpy(), tag[0].numpy(), p.copy()) for p in ans])
     got = parser.refine(det[0], tag[0], ans.copy())
     np.testing.assert_array_equal(got, want)
