@@ -16,7 +16,7 @@ from torch import nn
 
 from higherpose.core.group import HeatmapParser
 from higherpose.core.layout import OutputLayout
-from higherpose.core.udp import udp_multi_stage_outputs
+from higherpose.core.udp import forward_with_mirror, udp_resampled_maps
 from higherpose.dataset.build import output_sizes
 from higherpose.dataset.transforms import IMAGENET_MEAN, IMAGENET_STD
 from higherpose.utils.transforms import get_multi_scale_size, resize_align_multi_scale, transform_preds
@@ -112,7 +112,9 @@ def eval_input_size(cfg: Any) -> int:
     return int(cfg.TEST.INPUT_SIZE) or int(cfg.DATASET.INPUT_SIZE)
 
 
-def _model_device(model: nn.Module) -> torch.device:
+def _model_device(model: nn.Module | Forward) -> torch.device:
+    if not isinstance(model, nn.Module):  # a plain callable (e.g. a wrapped runtime): CPU tensors in
+        return torch.device("cpu")
     for tensor in model.parameters():
         return tensor.device
     for tensor in model.buffers():
@@ -136,9 +138,16 @@ def _udp_outputs(
     base_size: Sequence[int],
     base_scale: np.ndarray,
     scale: np.ndarray,
+    *,
+    with_tags: bool = True,
+    average_flip: bool = False,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """DATASET.USE_UDP: this scale's maps resampled exactly onto the scale-1 input grid
-    (``TEST.PROJECT2IMAGE``) or onto that grid at the last stage's stride (the output size there)."""
+    (``TEST.PROJECT2IMAGE``) or onto that grid at the last stage's stride (the output size there).
+
+    One forward runs the image and its mirror (``TEST.FLIP_TEST``) together. ``with_tags=False`` skips
+    the tag maps; ``average_flip`` returns one heatmap averaged over both passes instead of two
+    (:func:`~higherpose.core.udp.udp_resampled_maps`)."""
     if cfg.TEST.PROJECT2IMAGE:
         stride, dst_size = 1.0, tuple(base_size)
     else:
@@ -146,7 +155,19 @@ def _udp_outputs(
         dst_size = (int(round(base_size[0] / stride)), int(round(base_size[1] / stride)))
     # Input pixels per image pixel at this scale over those at scale 1 (get_affine_transform's factor).
     ratio = (x.shape[3] / float(scale[0])) / (base_size[0] / float(base_scale[0]))
-    return udp_multi_stage_outputs(layout, model, x, cfg.TEST.FLIP_TEST, dst_size, stride, base_size, ratio)
+    outputs, mirrored = forward_with_mirror(model, x, cfg.TEST.FLIP_TEST)
+    return udp_resampled_maps(
+        layout,
+        outputs,
+        mirrored,
+        x.shape[2:],
+        dst_size,
+        stride,
+        base_size,
+        ratio,
+        with_tags=with_tags,
+        average_flip=average_flip,
+    )
 
 
 def _eval_amp_dtype(cfg: Any) -> torch.dtype | None:
@@ -213,11 +234,18 @@ def image_maps(cfg: Any, model: nn.Module, images: Sequence[np.ndarray], device:
             scales_px.append(scale)
         x = _to_input(resized, device)
         if cfg.DATASET.USE_UDP:
-            heatmaps, tags = _udp_outputs(cfg, layout, forward, x, base_size, base_scale, scales_px[0])
-        else:
-            _, heatmaps, tags = get_multi_stage_outputs(
-                cfg, forward, x, cfg.TEST.FLIP_TEST, cfg.TEST.PROJECT2IMAGE, base_size, layout=layout
+            # All scales land on one grid: aggregate_results's sums without its resizes, the flip average
+            # inside the resampling, and tags only where aggregate_results keeps them.
+            with_tags = s == 1 or len(scales) == 1
+            heatmaps, tags = _udp_outputs(
+                cfg, layout, forward, x, base_size, base_scale, scales_px[0], with_tags=with_tags, average_flip=True
             )
+            tags_list.extend(torch.unsqueeze(tms, dim=4) for tms in tags)
+            final_heatmaps = heatmaps[0] if final_heatmaps is None else final_heatmaps + heatmaps[0]
+            continue
+        _, heatmaps, tags = get_multi_stage_outputs(
+            cfg, forward, x, cfg.TEST.FLIP_TEST, cfg.TEST.PROJECT2IMAGE, base_size, layout=layout
+        )
         final_heatmaps, tags_list = aggregate_results(cfg, s, final_heatmaps, tags_list, heatmaps, tags)
 
     final_heatmaps = final_heatmaps / float(len(scales))

@@ -13,11 +13,20 @@ Details", CVPR 2020). Here every map is resampled once, exactly, onto the destin
   last stage's stride), which at another test scale is input pixel ``r·(d·m - W_b/2) + W_i/2``;
 * a peak is decoded with the second-order Taylor expansion of the log heatmap (Zhang et al., DARK,
   CVPR 2020), exact for a Gaussian, without HigherHRNet's offsets.
+
+The resampling is bicubic, ``F.grid_sample``'s (:func:`sample_grid`, border padding, ``A = -0.75``). The
+destination grid is a product of x and y coordinates, so it is computed as two matrix products per
+map, ``wy @ map @ wx^T``, with bicubic weight matrices built once per map size and grid and cached;
+the mirrored pass's flip is folded into its ``wx``. The stage and flip averages of the heatmaps become
+part of the same two products, and only the channels that are read are resampled (heatmaps of the
+``TEST.WITH_HEATMAPS`` stages, tags of the ``TEST.WITH_AE`` stages where the caller uses them).
+The image and its mirror run through the network as one batch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import functools
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -45,6 +54,180 @@ def sample_grid(maps: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> torch
         return F.grid_sample(maps.float(), grid, mode="bicubic", padding_mode="border", align_corners=True)
 
 
+_CUBIC_A = -0.75  # PyTorch's bicubic coefficient
+
+
+def _cubic_taps(src: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The four taps of :func:`sample_grid` along one axis of ``size`` pixels at float64 source pixel
+    coordinates ``src`` (n,) -> column indices (n, 4) and float32 weights (n, 4).
+
+    Reproduces ``F.grid_sample(mode="bicubic", padding_mode="border", align_corners=True)`` on CPU: the
+    coordinate normalised in float64, cast to float32 and unnormalised in float32; taps at
+    ``floor(x) - 1 .. floor(x) + 2``, each clamped into ``[0, size - 1]`` (the border padding), with the
+    cubic convolution weights of coefficient ``A = -0.75``."""
+    grid = (src * (2.0 / max(size - 1, 1)) - 1.0).astype(np.float32)
+    x = (grid + np.float32(1.0)) * np.float32((size - 1) / 2.0)
+    x0 = np.floor(x)
+    t = x - x0
+    a = np.float32(_CUBIC_A)
+
+    def near(d: np.ndarray) -> np.ndarray:  # |d| <= 1
+        return ((a + 2) * d - (a + 3)) * d * d + 1
+
+    def far(d: np.ndarray) -> np.ndarray:  # 1 < |d| < 2
+        return ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+
+    one = np.float32(1.0)
+    weights = np.stack((far(t + one), near(t), near(one - t), far(one + (one - t))), axis=1)
+    index = np.clip(x0.astype(np.int64)[:, None] + np.arange(-1, 3), 0, size - 1)
+    return index, weights
+
+
+def _weight_matrix(src: np.ndarray, size: int) -> np.ndarray:
+    """Dense (n, size) float64 matrix of :func:`_cubic_taps`: row ``i`` samples source coordinate ``src[i]``."""
+    index, weights = _cubic_taps(src, size)
+    matrix = np.zeros((len(src), size))
+    np.add.at(matrix, (np.repeat(np.arange(len(src)), 4), index.ravel()), weights.ravel().astype(np.float64))
+    return matrix
+
+
+def _destination_coords(n: int, dst_stride: float, base: float, ratio: float, in_size: int) -> np.ndarray:
+    """This scale's input pixel of destination pixels ``0..n-1`` (see the module docstring), float64."""
+    return (np.arange(n, dtype=np.float64) * dst_stride - base / 2.0) * ratio + in_size / 2.0
+
+
+@functools.lru_cache(maxsize=64)
+def _axis_matrices(
+    out_size: int, in_size: int, dst_n: int, dst_stride: float, base: float, ratio: float, mirrored: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Along one axis, the (dst_n, out_size) bicubic matrices taking a stage output of ``out_size``
+    pixels (input ``in_size``) onto the destination grid, for the plain pass and, with ``mirrored``, for
+    the output of the mirrored image as the network returns it (sampled as flipped back, then read at
+    ``s·q + s - 1``; the flip folded into the matrix's columns)."""
+    coords = _destination_coords(dst_n, dst_stride, base, ratio, in_size)
+    stride = in_size / out_size
+    plain = _weight_matrix(coords / stride, out_size)
+    flipped = _weight_matrix((coords - (stride - 1)) / stride, out_size)[:, ::-1] if mirrored else None
+    return plain, flipped
+
+
+@functools.lru_cache(maxsize=64)
+def _resampling_matrices(
+    shapes: tuple[tuple[int, int], ...],
+    in_hw: tuple[int, int],
+    dst_size: tuple[int, int],
+    dst_stride: float,
+    base_size: tuple[float, float],
+    ratio: float,
+    device: torch.device,
+) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Float32 matrices on ``device`` for stage outputs of sizes ``shapes`` ((h, w) each): per stage
+    ``(wy, wx)`` for the plain pass and ``(wy, wx_mirrored)`` for the mirrored one."""
+    plain, mirrored = [], []
+    for h, w in shapes:
+        wy, _ = _axis_matrices(h, in_hw[0], dst_size[1], dst_stride, base_size[1], ratio, False)
+        wx, wx_m = _axis_matrices(w, in_hw[1], dst_size[0], dst_stride, base_size[0], ratio, True)
+        t = {
+            k: torch.as_tensor(np.ascontiguousarray(v), dtype=torch.float32, device=device)
+            for k, v in (("wy", wy), ("wx", wx), ("wx_m", wx_m))
+        }
+        plain.append((t["wy"], t["wx"]))
+        mirrored.append((t["wy"], t["wx_m"]))
+    return plain, mirrored
+
+
+def _separable(maps: torch.Tensor, wy: torch.Tensor, wx: torch.Tensor) -> torch.Tensor:
+    """``wy @ maps @ wx^T`` per channel: maps (B, C, h, w) -> float32 (B, C, H', W')."""
+    return torch.matmul(wy, torch.matmul(maps.float(), wx.t()))
+
+
+def forward_with_mirror(
+    model: nn.Module | Callable[[torch.Tensor], Sequence[torch.Tensor]], image: torch.Tensor, with_flip: bool
+) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+    """The stage outputs for image (B, 3, H, W) and, with ``with_flip``, for its mirror image (not
+    flipped back), from one forward of the 2B images (the model in eval mode has nothing that depends
+    on the batch)."""
+    if not with_flip:
+        return list(model(image)), None
+    batch = image.size(0)
+    outputs = list(model(torch.cat((image, torch.flip(image, [3])))))
+    return [o[:batch] for o in outputs], [o[batch:] for o in outputs]
+
+
+def udp_resampled_maps(
+    layout: OutputLayout,
+    outputs: Sequence[torch.Tensor],
+    mirrored: Sequence[torch.Tensor] | None,
+    in_hw: Sequence[int],
+    dst_size: Sequence[int],
+    dst_stride: float,
+    base_size: Sequence[int],
+    ratio: float,
+    *,
+    with_tags: bool = True,
+    average_flip: bool = False,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Resample the stage outputs of one scale onto the destination grid (see
+    :func:`udp_multi_stage_outputs`) with the separable bicubic ``wy @ map @ wx^T``, equal to
+    :func:`sample_grid` on every map; only the channels read downstream are resampled.
+
+    ``outputs``: the stage outputs of the image (B, C_i, h_i, w_i), ``mirrored`` those of its mirror
+    image as the network returned them (or None); ``in_hw``: the input's (H, W). The heatmaps of the
+    ``test_heatmaps`` stages are averaged over the stages in one product; with ``average_flip`` also
+    over the two passes (one map, not two). The tags of the ``test_tags`` stages are returned (plain
+    stages, then mirrored ones) only when ``with_tags``. Centre channels are dropped as
+    :meth:`OutputLayout.without_center`. Returns ``(heatmaps, tags)``.
+    """
+    shapes = tuple((int(o.size(2)), int(o.size(3))) for o in outputs)
+    plain_m, mirror_m = _resampling_matrices(
+        shapes,
+        (int(in_hw[0]), int(in_hw[1])),
+        (int(dst_size[0]), int(dst_size[1])),
+        float(dst_stride),
+        (float(base_size[0]), float(base_size[1])),
+        float(ratio),
+        outputs[0].device,
+    )
+    num_joints = layout.num_joints - (1 if layout.drop_center else 0)
+    joints = slice(0, num_joints)  # a view, no copy
+    flip_joints = list(layout.flip_index[:num_joints])
+    heat = [i for i in range(len(outputs)) if layout.stage(i).test_heatmaps]
+    passes = [(outputs, plain_m, joints)]
+    if mirrored is not None:
+        passes.append((mirrored, mirror_m, flip_joints))
+
+    with torch.autocast(outputs[0].device.type, enabled=False):
+        heatmaps: list[torch.Tensor] = []
+        if heat:
+            groups = [passes] if average_flip else [[p] for p in passes]
+            for group in groups:
+                # Per stage: the passes side by side along the width, one width product; then the
+                # stages stacked along the height, one height product: the sum over stages and passes.
+                rows, wys = [], []
+                for i in heat:
+                    maps = torch.cat([o[i][:, channels] for o, _, channels in group], dim=3)
+                    wx = torch.cat([m[i][1] for _, m, _ in group], dim=1)
+                    rows.append(torch.matmul(maps.float(), wx.t()))
+                    wys.append(plain_m[i][0])
+                summed = torch.matmul(torch.cat(wys, dim=1), torch.cat(rows, dim=2))
+                heatmaps.append(summed / float(len(heat) * len(group)))
+        tags: list[torch.Tensor] = []
+        if with_tags:
+            for stage_outputs, matrices, channels in passes:
+                for i, output in enumerate(stage_outputs):
+                    stage = layout.stage(i)
+                    if not stage.test_tags:
+                        continue
+                    if layout.tag_per_joint and channels is joints:
+                        maps = output[:, stage.tag_start : stage.tag_start + num_joints]
+                    elif layout.tag_per_joint:
+                        maps = output[:, [stage.tag_start + j for j in channels]]
+                    else:  # one shared tag map: no renumbering
+                        maps = layout.without_center([output[:, stage.tag_start :]])[0]
+                    tags.append(_separable(maps, *matrices[i]))
+    return heatmaps, tags
+
+
 def udp_multi_stage_outputs(
     layout: OutputLayout,
     model: nn.Module | Callable[[torch.Tensor], Sequence[torch.Tensor]],
@@ -55,39 +238,21 @@ def udp_multi_stage_outputs(
     base_size: Sequence[int],
     ratio: float,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Run the model on image (B, 3, H_i, W_i) (and its mirror) and resample every stage onto the
-    destination grid ``dst_size = (W', H')`` whose pixel ``m`` is base-input pixel ``dst_stride·m``.
+    """Run the model on image (B, 3, H_i, W_i) (and its mirror, in the same batch) and resample every
+    stage onto the destination grid ``dst_size = (W', H')`` whose pixel ``m`` is base-input pixel
+    ``dst_stride·m``.
 
     ``layout`` says which channels of each stage are heatmaps and tags. ``base_size = (W_b, H_b)`` is
     the scale-1 input size and ``ratio`` this input's size over it (the two affine factors' ratio).
     Returns ``(heatmaps, tags)`` as :func:`~higherpose.core.inference.get_multi_stage_outputs`: the
     stage-averaged heatmaps (B, K, H', W') (and the flipped pass's), and the tag maps of the AE stages
-    (and the flipped ones).
+    (and the flipped ones). The maps equal :func:`sample_grid` of each stage output (flipped back for
+    the mirrored pass) at the destination's source coordinates.
     """
-    in_h, in_w = image.shape[2:]
-    device = image.device
-    xb = torch.arange(dst_size[0], device=device, dtype=torch.float64) * dst_stride
-    yb = torch.arange(dst_size[1], device=device, dtype=torch.float64) * dst_stride
-    xi = (xb - base_size[0] / 2.0) * ratio + in_w / 2.0  # this scale's input pixels
-    yi = (yb - base_size[1] / 2.0) * ratio + in_h / 2.0
-
-    def resampled(outputs: Sequence[torch.Tensor], flipped: bool) -> Iterator[torch.Tensor]:
-        for output in outputs:
-            stride_x, stride_y = in_w / output.size(3), in_h / output.size(2)
-            if flipped:
-                output = torch.flip(output, [3])
-            offset = stride_x - 1 if flipped else 0.0
-            yield sample_grid(output, (xi - offset) / stride_x, yi / stride_y)
-
-    heatmaps: list[torch.Tensor] = []
-    tags: list[torch.Tensor] = []
-    for flipped in (False, True) if with_flip else (False,):
-        outputs = model(torch.flip(image, [3]) if flipped else image)
-        heatmaps_avg, stage_tags = layout.test_maps(resampled(outputs, flipped), flipped)
-        if heatmaps_avg is not None:
-            heatmaps.append(heatmaps_avg)
-        tags.extend(stage_tags)
-    return layout.without_center(heatmaps), layout.without_center(tags)
+    outputs, mirrored = forward_with_mirror(model, image, with_flip)
+    return udp_resampled_maps(
+        layout, outputs, mirrored, image.shape[2:], dst_size, dst_stride, base_size, ratio, with_tags=True
+    )
 
 
 HALF = 0.499  # largest |offset| from the peak pixel (see taylor_offsets)

@@ -476,13 +476,16 @@ def test_fp16_training_config_evaluates_in_fp32_unless_test_fp16(test_fp16):
     torch.manual_seed(0)
     model = build_model(fp32_cfg, is_train=False).eval()
     seen = []
-    model.register_forward_hook(lambda m, i, o: seen.append((torch.is_autocast_enabled("cpu"), o[-1].dtype)))
+    model.register_forward_hook(
+        lambda m, i, o: seen.append((torch.is_autocast_enabled("cpu"), o[-1].dtype, o[-1].size(0)))
+    )
     image = np.random.RandomState(0).randint(0, 256, (80, 112, 3), dtype=np.uint8)
     with torch.no_grad():
         ref = image_maps(fp32_cfg, model, [image], torch.device("cpu"))
         seen.clear()
         got = image_maps(amp_cfg, model, [image], torch.device("cpu"))
-    assert seen == [(test_fp16, torch.bfloat16 if test_fp16 else torch.float32)] * 4  # 2 scales x flip
+    # 2 scales, the image and its mirror (UDP) in one batch
+    assert seen == [(test_fp16, torch.bfloat16 if test_fp16 else torch.float32, 2)] * 2
     assert got.det.dtype == got.tags.dtype == torch.float32
     if test_fp16:  # bf16 network outputs, then every average and resize on their float32 copies
         bf16_net = _AutocastThenFloat(model)
