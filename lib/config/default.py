@@ -171,6 +171,7 @@ _C.TEST.WITH_AE = (True,)
 _C.TEST.LOG_PROGRESS = False
 _C.TEST.SUBSET = 0  # NEW: evaluate the first N test images only (0 = all)
 _C.TEST.FP16 = False  # NEW: test forward under autocast (FP16.DTYPE); maps are averaged and grouped in fp32
+_C.TEST.CHANNELS_LAST = True  # NEW: the loaded test network in channels_last (faster convolutions)
 # NEW: short side of the scale-1 test input (0 = DATASET.INPUT_SIZE). A model trained on crops
 # (DATASET.INPUT_SIZE smaller than the image, MIN/MAX_SCALE < 1) is tested on whole images at this size.
 _C.TEST.INPUT_SIZE = 0

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from higherpose.models import build_model
+from higherpose.models.fuse import fold_batchnorm
 from higherpose.utils.checkpoint import CheckpointError, extract_state_dict, load_file, load_pose_state_dict
 from higherpose.utils.distributed import resolve_device
 
@@ -68,6 +69,7 @@ def load_eval_model(
     device: str | torch.device | None = None,
     build: Callable[..., nn.Module] = build_model,
     log: logging.Logger | None = None,
+    optimize: bool = False,
 ) -> tuple[nn.Module, str | None, torch.device]:
     """Apply the ``CUDNN.*`` flags, build the network and load its weights strictly, in eval mode.
 
@@ -80,6 +82,9 @@ def load_eval_model(
         device: where the model goes; None: ``DEVICE`` ('' = CUDA when available).
         build: the network's constructor ``(cfg, is_train) -> nn.Module``.
         log: where the parameter count and the weights path are logged (default: this module's logger).
+        optimize: a network for inference only, faster with the same outputs up to float rounding:
+            BatchNorm folded into the convolutions (:func:`~higherpose.models.fuse.fold_batchnorm`;
+            its state dict has no BatchNorm keys) and, with ``TEST.CHANNELS_LAST``, channels_last.
 
     Returns:
         ``(model, weights path or None for random weights, device)``.
@@ -101,4 +106,9 @@ def load_eval_model(
         load_pose_state_dict(model, extract_state_dict(load_file(weights)), strict=True, source=weights)
     else:
         _warn_untrained(cfg.MODEL.NAME)
-    return model.to(device).eval(), weights, device
+    model = model.to(device).eval()
+    if optimize:  # after the weights are loaded: the folded model has no BatchNorm keys
+        log.info("=> %d BatchNorm layers folded into their convolutions", fold_batchnorm(model))
+        if cfg.TEST.CHANNELS_LAST:
+            model = model.to(memory_format=torch.channels_last)
+    return model, weights, device
