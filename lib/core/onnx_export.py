@@ -112,12 +112,15 @@ def export_onnx(model: nn.Module, path: str, example: torch.Tensor, names: list[
     # Exported into memory and checked there, so only a checked model reaches ``path`` (atomically:
     # an interrupted export leaves the previous file, and a temporary remove_stale_temporaries knows).
     buffer = io.BytesIO()
+    # The wrapper takes the model's mode: the exporter restores the wrapper's mode afterwards, and a
+    # fresh module is in training mode, which would leave ``model`` training (BN on batch statistics).
+    wrapper = _TupleOutputs(model).train(model.training)
     with warnings.catch_warnings():
         # the TorchScript exporter announces its own deprecation; the dynamo one needs onnxscript
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx\..*")
         torch.onnx.export(
-            _TupleOutputs(model),
+            wrapper,
             (example,),
             buffer,
             dynamo=False,
