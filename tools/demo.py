@@ -4,7 +4,7 @@
         --input photo.jpg --output output/demo TEST.MODEL_FILE models/pose_higher_hrnet_w32_512.pth
 
 ``--input`` is an image, a folder (its images, not recursive) or a video (by extension). Inference is
-``predict_image`` (resize, ``TEST.SCALE_FACTOR`` multi-scale, ``TEST.FLIP_TEST``, grouping) on
+``higherpose.PoseEstimator`` (resize, ``TEST.SCALE_FACTOR`` multi-scale, ``TEST.FLIP_TEST``, grouping) on
 ``DEVICE`` ('' = CUDA when available). Writes, under ``--output``:
 
 * images: ``<name>`` drawn with every person's skeleton in its own colour;
@@ -31,10 +31,9 @@ import torch
 from higherpose.config import ConfigError, update_config
 from higherpose.config import cfg as default_cfg
 from higherpose.config.cli import add_cfg_argument, add_overrides_argument
+from higherpose.core.estimator import PoseEstimator, load_image
 from higherpose.core.eval_model import load_eval_model
 from higherpose.core.evaluation import poses_to_coco_results, write_results_json
-from higherpose.core.group import HeatmapParser
-from higherpose.core.inference import predict_image
 from higherpose.dataset.specs import spec_from_cfg
 from higherpose.models import build_model
 from higherpose.utils.checkpoint import CheckpointError
@@ -101,15 +100,14 @@ class Demo:
     """Runs the model on BGR pictures, draws them and collects the COCO results."""
 
     def __init__(self, cfg, model: torch.nn.Module, args: argparse.Namespace):
-        self.cfg, self.model, self.args = cfg, model, args
-        self.parser = HeatmapParser(cfg)
+        self.cfg, self.args = cfg, args
+        self.estimator = PoseEstimator(cfg, model)
         self.spec = spec_from_cfg(cfg)
         self.results: list[dict] = []
         self.people = 0
 
     def __call__(self, image_bgr: np.ndarray, image_id: int) -> np.ndarray:
-        with torch.no_grad():
-            poses, scores = predict_image(self.cfg, self.model, image_bgr[..., ::-1].copy(), self.parser)
+        ((poses, scores),) = self.estimator.predict_rgb([load_image(image_bgr)])
         keep = [i for i, s in enumerate(scores) if s >= self.args.min_score]
         poses, scores = [poses[i] for i in keep], [float(scores[i]) for i in keep]
         self.people += len(poses)
@@ -214,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = default_cfg.clone()
     update_config(cfg, args)
     kind, paths = collect(Path(args.input))
-    model, _, device = load_eval_model(cfg, random_weights=args.random_weights, build=build_model)
+    model, _, device = load_eval_model(cfg, random_weights=args.random_weights, build=build_model, optimize=True)
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     demo = Demo(cfg, model, args)

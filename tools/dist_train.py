@@ -24,7 +24,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
-import torch.multiprocessing as mp
 
 from higherpose.config import ConfigError, check_config, update_config
 from higherpose.config import cfg as default_cfg
@@ -32,6 +31,7 @@ from higherpose.config.cli import add_cfg_argument, add_overrides_argument
 from higherpose.dataset.annotations import AnnotationError
 from higherpose.dataset.build import annotation_file
 from higherpose.utils import distributed as du
+from higherpose.utils import launch
 from higherpose.utils.checkpoint import CheckpointError
 
 
@@ -96,39 +96,6 @@ def preflight(cfg: Any, nproc: int) -> None:
         )
 
 
-def use_cuda(cfg: Any) -> bool:
-    return cfg.DEVICE != "cpu" and torch.cuda.is_available()
-
-
-def _setup_logging(cfg: Any, args: argparse.Namespace, rank: int) -> tuple[logging.Logger, str, str]:
-    """Rank 0: HigherHRNet's ``create_logger`` (file + console, output and TensorBoard folders).
-    Other ranks: console warnings only, folders received from rank 0 (one place decides the layout)."""
-    dirs: list[Any] = [None, None, None]  # output folder, TensorBoard folder, rank 0's error
-    log = logging.getLogger(f"higherpose.train.rank{rank}")
-    if rank == 0:
-        from higherpose.utils.logging import create_logger
-
-        try:
-            log, output_dir, tb_log_dir = create_logger(cfg, args.cfg, "train", rank=0)
-            dirs = [str(output_dir), str(tb_log_dir), None]
-        except ConfigError as err:  # e.g. an unwritable OUTPUT_DIR: every rank must stop, not wait
-            dirs = [None, None, str(err)]
-    else:
-        log.setLevel(logging.WARNING)
-        if not log.handlers:
-            handler = logging.StreamHandler()
-            handler.setFormatter(logging.Formatter(f"[rank {rank}] %(levelname)s %(message)s"))
-            log.addHandler(handler)
-        log.propagate = False
-    if du.is_dist():
-        import torch.distributed as dist
-
-        dist.broadcast_object_list(dirs, src=0)
-    if dirs[2] is not None:
-        raise ConfigError(dirs[2])
-    return log, dirs[0], dirs[1]
-
-
 def run_worker(
     local_rank: int,
     rank: int,
@@ -145,20 +112,9 @@ def run_worker(
     from higherpose.core.train_loop import NonFiniteLossError
     from higherpose.core.trainer import fit
 
-    cuda = use_cuda(cfg)
-    if cuda:
-        if device_index is None:
-            device_index = du.cuda_device_index(local_rank, torch.cuda.device_count())
-        torch.cuda.set_device(device_index)
-        device = f"cuda:{device_index}"
-    else:
-        device = "cpu"
-        local_procs = int(os.environ.get("LOCAL_WORLD_SIZE", max(1, world_size // max(1, args.world_size))))
-        # CPU processes share the cores: without this each one starts a thread per core and they thrash.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_procs))
-    backend, note = du.choose_backend(cfg.DIST_BACKEND, cuda)
-    du.init_distributed(backend, rank, world_size, init_method, timeout_min=cfg.DIST_TIMEOUT_MIN)
-    ctx = du.DistContext(rank, world_size, local_rank, device, backend if world_size > 1 else None)
+    local_procs = int(os.environ.get("LOCAL_WORLD_SIZE", max(1, world_size // max(1, args.world_size))))
+    device, backend, note = launch.join_group(cfg, local_rank, rank, world_size, init_method, local_procs, device_index)
+    ctx = du.DistContext(rank, world_size, local_rank, device, backend)
 
     # HigherHRNet re-read the YAML in every spawned child, so cfg.RANK stayed 0 everywhere and every
     # rank logged and wrote TensorBoard; here cfg.RANK is this process' global rank.
@@ -167,7 +123,7 @@ def run_worker(
     cfg.RANK = rank
     cfg.freeze()
     try:
-        log, output_dir, tb_log_dir = _setup_logging(cfg, args, rank)
+        log, output_dir, tb_log_dir = launch.rank_logging(cfg, args.cfg, "train", rank)
         if rank == 0:
             if note and world_size > 1:
                 log.info(f"=> {note}")
@@ -195,10 +151,10 @@ def run_worker(
 
 def _spawn_entry(
     local_rank: int,
+    init_method: str,
     node_rank: int,
     devices: list[int | None],
     world_size: int,
-    init_method: str,
     cfg: Any,
     args: argparse.Namespace,
 ) -> None:
@@ -220,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         # HigherHRNet: MULTIPROCESSING_DISTRIBUTED False = one process (it then used DataParallel; we
         # train on one device, DDP being the way to use several).
-        cuda = use_cuda(cfg)
+        cuda = launch.use_cuda(cfg)
         if args.nproc < 0:
             raise ConfigError(f"--nproc = {args.nproc}: must be at least 1")
         count = torch.cuda.device_count() if cuda else 0
@@ -239,18 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     if world_size == 1:
         run_worker(0, 0, 1, "", cfg, args, device_index=devices[0])
         return 0
-    store = None  # the processes' rendezvous: referenced until they have ended
-    if args.world_size > 1:
-        init_method = args.dist_url  # HigherHRNet's multi-node tcp:// launch
-    else:
-        store, init_method = du.serve_rendezvous(cfg.DIST_TIMEOUT_MIN)
-    try:
-        spawn_args = (args.rank, devices, world_size, init_method, cfg, args)
-        mp.spawn(_spawn_entry, nprocs=nproc, args=spawn_args, join=True)
-    except mp.ProcessExitedException as err:
-        print(f"dist_train.py: training process {err.error_index} exited with code {err.exit_code}", file=sys.stderr)
-        return int(err.exit_code) if err.exit_code and err.exit_code > 0 else 1
-    return 0
+    init_method = args.dist_url if args.world_size > 1 else None  # None: a store served here
+    spawn_args = (args.rank, devices, world_size, cfg, args)
+    return launch.spawn(_spawn_entry, nproc, spawn_args, cfg.DIST_TIMEOUT_MIN, "dist_train.py: training", init_method)
 
 
 if __name__ == "__main__":

@@ -9,10 +9,12 @@ stage, ``heatmaps_tags_1_4`` and ``heatmaps_1_2``) is described in ``higherpose.
 The check runs the exported file with onnxruntime (CPU) on a real image (``--image``; without it a
 generated test pattern, and the tool says so) resized as at test time, as a batch of two (the image
 and its mirror image) at a size other than the export example, prints the max abs difference per
-output and exits 1 when one is above ``--tol``.
+output and exits 1 when one is above ``--tol``. Then the whole inference (``higherpose.PoseEstimator``
+with the config's test protocol) runs on the check image with each network: it exits 1 when they find
+a different number of persons or a keypoint moves by more than ``--pose-tol`` pixels.
 
-Grouping on onnxruntime outputs: wrap the session in ``higherpose.core.onnx_export.OnnxPoseNet`` and
-pass it to ``higherpose.core.inference.predict_image`` instead of the PyTorch model.
+Grouping on onnxruntime outputs: ``PoseEstimator(cfg, OnnxPoseNet("model.onnx"))``
+(``higherpose.core.onnx_export.OnnxPoseNet`` wraps the session).
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import cv2
+import numpy as np
 import torch
 
 from higherpose.config import ConfigError, update_config
 from higherpose.config import cfg as default_cfg
 from higherpose.config.cli import add_cfg_argument, add_overrides_argument
+from higherpose.core.estimator import PoseEstimator
 from higherpose.core.eval_model import load_eval_model
 from higherpose.core.onnx_export import MIN_OPSET, OnnxPoseNet, check_batch, export_onnx, output_names, test_pattern
 from higherpose.utils.checkpoint import CheckpointError
@@ -42,6 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image", default="", help="image for the onnxruntime check (default: a test pattern)")
     parser.add_argument("--opset", type=int, default=17, help=f"ONNX opset (>= {MIN_OPSET})")
     parser.add_argument("--tol", type=float, default=1e-3, help="largest max abs difference accepted")
+    parser.add_argument("--pose-tol", type=float, default=0.05, help="largest keypoint difference accepted (px)")
     parser.add_argument(
         "--random-weights", action="store_true", help="no TEST.MODEL_FILE: export an untrained model (smoke test)"
     )
@@ -52,6 +57,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def check_input(cfg: Any, image_path: str) -> torch.Tensor:
     """The check batch (2, 3, h, w) of :func:`check_batch`: the image at ``image_path`` (a generated test
     pattern when empty) resized as at test time and its mirror image, ImageNet-normalised."""
+    return check_batch(cfg, check_image(image_path))
+
+
+def check_image(image_path: str) -> np.ndarray:
+    """The RGB check image (H, W, 3): the file at ``image_path``, or a generated test pattern."""
     if image_path:
         bgr = cv2.imread(image_path, cv2.IMREAD_COLOR)
         if bgr is None:
@@ -61,7 +71,17 @@ def check_input(cfg: Any, image_path: str) -> torch.Tensor:
     else:
         rgb = test_pattern()
         print("NOTE: no --image given: checking on a generated test pattern, not a real photograph")
-    return check_batch(cfg, rgb)
+    return rgb
+
+
+def compare_poses(cfg: Any, reference: Any, got: Any, rgb: np.ndarray) -> tuple[int, int, float]:
+    """Persons found in ``rgb`` by PoseEstimator with the ``reference`` and the ``got`` network, and
+    the largest keypoint distance in pixels between them (inf when the counts differ)."""
+    (ref_poses, _), (got_poses, _) = (PoseEstimator(cfg, net).predict_rgb([rgb])[0] for net in (reference, got))
+    if len(ref_poses) != len(got_poses):
+        return len(ref_poses), len(got_poses), float("inf")
+    worst = max((float(np.abs(a[:, :2] - b[:, :2]).max()) for a, b in zip(ref_poses, got_poses)), default=0.0)
+    return len(ref_poses), len(got_poses), worst
 
 
 def compare(names: list[str], reference: list[torch.Tensor], got: list[torch.Tensor]) -> float:
@@ -85,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = default_cfg.clone()
     update_config(cfg, args)
     output = args.output or os.path.join(cfg.OUTPUT_DIR or "output", "onnx", Path(args.cfg).stem + ".onnx")
-    model, _, _ = load_eval_model(cfg, random_weights=args.random_weights, device="cpu")
+    model, _, _ = load_eval_model(cfg, random_weights=args.random_weights, device="cpu", optimize=True)
 
     x = check_input(cfg, args.image)
     with torch.no_grad():
@@ -111,6 +131,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"FAILED: max abs difference {worst:.3g} > --tol {args.tol:g}", file=sys.stderr)
         return 1
     print(f"OK: max abs difference {worst:.3g} <= {args.tol:g}")
+
+    n_ref, n_got, moved = compare_poses(cfg, model, OnnxPoseNet(output), check_image(args.image))
+    print(f"poses (PoseEstimator, the config's test protocol): PyTorch {n_ref} persons, onnxruntime {n_got}, "
+          f"largest keypoint difference {moved:.3g} px")  # fmt: skip
+    if not moved <= args.pose_tol:
+        print(f"FAILED: the poses differ (more than --pose-tol {args.pose_tol:g} px)", file=sys.stderr)
+        return 1
     return 0
 
 

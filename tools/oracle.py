@@ -31,10 +31,11 @@ from higherpose.config import ConfigError, update_config
 from higherpose.config import cfg as default_cfg
 from higherpose.config.cli import add_cfg_argument, add_overrides_argument
 from higherpose.core.eval_model import load_eval_model
-from higherpose.core.evaluation import evaluate_keypoints, poses_to_coco_results, unwrap_test_sample
+from higherpose.core.evaluation import evaluate_keypoints, poses_to_coco_results
 from higherpose.core.group import HeatmapParser
 from higherpose.core.inference import ImageMaps, group_by_tags, image_maps
 from higherpose.core.oracle import as_grouping, keypoint_errors, match_to_ground_truth, summarize_errors
+from higherpose.core.validation import unwrap_test_sample
 from higherpose.dataset.annotations import AnnotationError
 from higherpose.dataset.build import make_test_dataloader
 from higherpose.utils.atomic import write_json_atomic
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict[str, OrderedDict]:
     cfg = default_cfg.clone()
     update_config(cfg, args)
     logger, final_output_dir, _ = create_logger(cfg, args.cfg, "oracle")
-    model, weights, device = load_eval_model(cfg, final_output_dir, log=logger)
+    model, weights, device = load_eval_model(cfg, final_output_dir, log=logger, optimize=True)
     metrics, joints, ann_file, images = compare_groupings(cfg, model, device, logger)
     keys = list(metrics["tags"])
     lines = ["| grouping | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]

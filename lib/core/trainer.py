@@ -1,7 +1,8 @@
 """A whole training run (:func:`fit`): model, DDP, optimiser, schedule, resume, the epochs of
 :func:`higherpose.core.train_loop.do_train`, validation and checkpoints.
 
-Differences from HigherHRNet: only rank 0 validates, writes TensorBoard and checkpoints; the sampler is
+Differences from HigherHRNet: validation is sharded over the ranks; only rank 0 writes TensorBoard and
+checkpoints; the sampler is
 re-seeded every epoch; ``checkpoint.pth`` is written before validating, so a failing validation never
 costs the epoch; ``model_best.pth`` holds the weights with the best *validation* AP and is only
 written when validation ran; ``final_state.pth`` holds the weight average when ``TRAIN.EMA_DECAY`` > 0;
@@ -61,8 +62,9 @@ def tb_tag(group: str, name: str) -> str:
 
 
 def validate(cfg: Any, model: nn.Module, output_dir: str, logger: logging.Logger) -> dict[str, float]:
-    """``run_validation`` on the bare model in eval mode (rank 0 only); returns its metrics."""
-    from higherpose.core.evaluation import run_validation
+    """``run_validation`` on the bare model in eval mode, sharded over the ranks (every rank calls it);
+    returns rank 0's metrics on every rank."""
+    from higherpose.core.validation import run_validation
 
     bare = du.unwrap(model)
     was_training = bare.training
@@ -170,14 +172,16 @@ def _validate_and_keep_best(
     state: TrainState,
     save_resume_checkpoint: Callable[[], None],
     logger: logging.Logger,
+    is_main: bool = True,
 ) -> None:
-    """Validate after ``epoch`` (its checkpoint already written); on a better AP save ``model_best.pth``,
-    then ``checkpoint.pth`` again so that a resumed run compares against the new best AP."""
+    """Validate after ``epoch`` (its checkpoint already written), every rank its share of the images;
+    on a better AP rank 0 saves ``model_best.pth``, then ``checkpoint.pth`` again so that a resumed
+    run compares against the new best AP."""
     rng = du.rng_state()
     try:
         metrics = validate(cfg, eval_model, output_dir, logger)
     except Exception as err:
-        logger.error(
+        logger.error(  # on every rank: run_validation raises the same error everywhere
             f"=> validation after epoch {epoch} failed ({type(err).__name__}: {err}); {CHECKPOINT_NAME} of epoch "
             f"{epoch} is saved: AUTO_RESUME True continues at epoch {epoch + 1}"
         )
@@ -186,6 +190,8 @@ def _validate_and_keep_best(
         # Validation must not change what training draws next: the checkpoint holds the states from
         # before it, and a run resumed from there has to reproduce this one.
         du.set_rng_state(rng)
+    if not is_main:
+        return
     ap = metrics.get("AP", float("nan"))
     logger.info(f"=> epoch {epoch} validation AP {ap:.4f}")
     for name, value in metrics.items():
@@ -226,8 +232,9 @@ def fit(
 
     Call in every process after :func:`higherpose.utils.distributed.init_distributed`. Rank 0 logs,
     writes TensorBoard, checkpoints (``checkpoint.pth`` every epoch, ``model_best.pth`` on a better
-    validation AP, ``final_state.pth`` at the end) and validates; the other ranks wait at a barrier
-    (``DIST_TIMEOUT_MIN`` must outlast that validation). Rank 0 also decides whether and from which
+    validation AP, ``final_state.pth`` at the end); every rank validates its share of the test images
+    (the others wait at a barrier while rank 0 saves and evaluates: ``DIST_TIMEOUT_MIN`` must outlast
+    that). Rank 0 also decides whether and from which
     checkpoint to resume, and whether ``MODEL.PRETRAINED`` exists; ranks that cannot read those files
     start from rank 0's state (:func:`~higherpose.core.checkpointing.resume_point`).
     ``data_loader`` / ``loss_factory`` / ``model`` / ``loader_fn(cfg, distributed)`` replace the
@@ -358,10 +365,13 @@ def fit(
             saved = (checkpoint_path, epoch)
             val_freq = cfg.TRAIN.VAL_FREQ
             last = epoch + 1 == cfg.TRAIN.END_EPOCH
-            if ctx.is_main and val_freq > 0 and ((epoch + 1) % val_freq == 0 or last):
-                writer = writer_dict["writer"]
+            if val_freq > 0 and ((epoch + 1) % val_freq == 0 or last):
+                # Every rank validates its share of the images with rank 0's BN statistics (DDP ranks
+                # differ in them after the epoch's last forward), so the model evaluated is the one saved.
+                du.broadcast_buffers_(eval_model)
+                writer = writer_dict["writer"] if ctx.is_main else None
                 _validate_and_keep_best(
-                    cfg, epoch, eval_model, output_dir, writer, state, save_resume_checkpoint, logger
+                    cfg, epoch, eval_model, output_dir, writer, state, save_resume_checkpoint, logger, ctx.is_main
                 )
             du.barrier()
 

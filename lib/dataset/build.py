@@ -175,7 +175,13 @@ def _identity_collate(batch: list):
 def make_test_dataloader(cfg) -> tuple[torch.utils.data.DataLoader, CocoDataset]:
     """Test loader (batch 1, sample returned as is) and its dataset."""
     dataset = build_test_dataset(cfg)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=1, shuffle=False, num_workers=0, pin_memory=False, collate_fn=_identity_collate
+    return test_loader(dataset), dataset
+
+
+def test_loader(dataset: CocoDataset, indices: list[int] | None = None) -> torch.utils.data.DataLoader:
+    """Loader (batch 1, sample returned as is) of ``dataset``'s images at ``indices`` (all when None;
+    a rank's share in sharded validation)."""
+    images = dataset if indices is None else torch.utils.data.Subset(dataset, indices)
+    return torch.utils.data.DataLoader(
+        images, batch_size=1, shuffle=False, num_workers=0, pin_memory=False, collate_fn=_identity_collate
     )
-    return loader, dataset

@@ -214,6 +214,15 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     return box[0]
 
 
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order (pickled; ``[obj]`` single-process). Every rank must call it."""
+    if not is_dist():
+        return [obj]
+    gathered: list[Any] = [None] * get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
 def any_rank(flag: bool) -> bool:
     """True on every rank when ``flag`` is True on at least one. Every rank must call it."""
     if not is_dist():

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from higherpose.core.evaluation import run_validation
+from higherpose.core.validation import run_validation
 from higherpose.dataset.annotations import AnnotationError
 from higherpose.dataset.build import annotation_file, build_dataset, make_dataloader, make_test_dataloader
 from tests.conftest import TINY_HRNET, load_cfg

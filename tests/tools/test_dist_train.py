@@ -17,6 +17,7 @@ import torch
 import torch.multiprocessing as mp
 
 from higherpose.utils import distributed as du
+from higherpose.utils import launch
 from higherpose.utils.checkpoint import load_file
 from tests.conftest import REPO, SHARED_DATA, TINY_HRNET, load_tool
 
@@ -78,13 +79,13 @@ def test_spawned_processes_rendezvous_at_a_store_the_launcher_holds(coco_sample,
     calls = []
 
     def spawn(fn, nprocs, args, join):
-        init_method = args[3]
+        init_method = args[0]
         host, port = init_method.removeprefix(du.STORE_SCHEME).rsplit(":", 1)
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s, pytest.raises(OSError):
             s.bind((host, int(port)))  # still held while the processes run
-        calls.append((nprocs, args[1], init_method))
+        calls.append((nprocs, args[2], init_method))
 
-    monkeypatch.setattr(dist_train.mp, "spawn", spawn)
+    monkeypatch.setattr(launch.mp, "spawn", spawn)
     assert dist_train.main(argv(tmp_path, nproc=2)) == 0
     ((nprocs, devices, init_method),) = calls
     assert nprocs == 2 and devices == [None, None] and init_method.startswith(du.STORE_SCHEME)

@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+import re
+
 import cv2
 import numpy as np
 import onnx
 import pytest
 import torch
 
-from higherpose.core.inference import predict_image
 from higherpose.models import build_model
 from higherpose.utils.checkpoint import CheckpointError, save_atomic
 from tests.conftest import SHARED_DATA, TINY_HRNET, TINY_SAT, load_cfg, load_tool
@@ -46,30 +47,35 @@ def test_export_and_onnxruntime_check(cfg_path, tmp_path, capsys):
     out = tmp_path / "model.onnx"
     image = _real_image(tmp_path)
     argv = ["--cfg", str(cfg_path), "--output", str(out), "--image", str(image)]
-    assert export_onnx.main([*argv, "TEST.MODEL_FILE", str(tmp_path / "model.pth")]) == 0
+    # An untrained network's heatmaps are nearly flat, so float rounding reorders its candidates at
+    # the configs' thresholds; HigherHRNet's threshold (0.1), 5 persons and no refine keep its few
+    # detections distinct, so the poses of the two runtimes can be compared.
+    weak = ["TEST.REFINE", "False", "DATASET.MAX_NUM_PEOPLE", "5", "TEST.DETECTION_THRESHOLD", "0.1"]
+    assert export_onnx.main([*argv, "TEST.MODEL_FILE", str(tmp_path / "model.pth"), *weak]) == 0
     text = capsys.readouterr().out
     assert "OK: max abs difference" in text
     assert text.count("max abs diff ") == 2
     assert [p.name for p in tmp_path.iterdir() if p.suffix == ".onnx" or ".tmp" in p.name] == ["model.onnx"]
+    # The whole inference (PoseEstimator) on onnxruntime's outputs: the same poses as with PyTorch.
+    found = re.search(r"PyTorch (\d+) persons, onnxruntime (\d+), largest keypoint difference (\S+) px", text)
+    assert found and found[1] == found[2] and float(found[3]) <= 0.05
+    if cfg_path == TINY_HRNET:
+        assert int(found[1]) > 0
 
     graph = onnx.load(str(out)).graph
     assert [o.name for o in graph.output] == ["heatmaps_tags_1_4", "heatmaps_1_2"]
     dims = [d.dim_param for d in graph.input[0].type.tensor_type.shape.dim]
     assert dims == ["batch", "", "height", "width"]  # channels fixed, the rest symbolic
 
-    # Grouping on onnxruntime outputs (the README snippet): same poses as the PyTorch model.
-    if cfg_path == TINY_HRNET:
-        # A random model's heatmaps are weak: keep HigherHRNet's detection threshold so persons are found.
-        cfg = load_cfg(
-            cfg_path, "TEST.REFINE", "False", "DATASET.MAX_NUM_PEOPLE", "5", "TEST.DETECTION_THRESHOLD", "0.1"
-        )
+    if cfg_path == TINY_HRNET:  # a network whose maps are one pixel off finds other poses: the check fails
+        cfg = load_cfg(cfg_path, *weak)
         rgb = np.ascontiguousarray(cv2.imread(str(image))[..., ::-1])
-        poses_pt, scores_pt = predict_image(cfg, model, rgb)
-        poses_rt, scores_rt = predict_image(cfg, export_onnx.OnnxPoseNet(out), rgb)
-        assert len(poses_rt) == len(poses_pt) > 0
-        np.testing.assert_allclose(scores_rt, scores_pt, atol=1e-4)
-        for a, b in zip(poses_rt, poses_pt):
-            np.testing.assert_allclose(a[:, :3], b[:, :3], atol=1e-3)
+
+        def shifted(x):
+            return [o.roll(1, dims=-1) for o in model(x)]
+
+        n_ref, _, moved = export_onnx.compare_poses(cfg, model, shifted, rgb)
+        assert n_ref > 0 and not moved <= 0.05
 
 
 def test_pattern_note_and_errors(tmp_path, capsys):

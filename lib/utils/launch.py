@@ -1,0 +1,96 @@
+"""Starting ranks, shared by ``tools/dist_train.py`` and ``tools/valid.py``: each rank's device and
+threads, joining the process group, and one process per rank on this node (``mp.spawn`` around a
+rendezvous store the launcher serves)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.multiprocessing as mp
+
+from higherpose.utils import distributed as du
+
+
+def use_cuda(cfg: Any) -> bool:
+    return cfg.DEVICE != "cpu" and torch.cuda.is_available()
+
+
+def cpu_threads(local_procs: int) -> int:
+    """Threads of one CPU process: ``OMP_NUM_THREADS`` when set (e.g. several runs side by side), else
+    the cores shared by the ``local_procs`` processes of this node: without this each process starts a
+    thread per core and they thrash."""
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    if threads.isdigit() and int(threads) > 0:
+        return int(threads)
+    return max(1, (os.cpu_count() or 1) // max(1, local_procs))
+
+
+def join_group(
+    cfg: Any, local_rank: int, rank: int, world_size: int, init_method: str, local_procs: int, device_index=None
+) -> tuple[str, str | None, str | None]:
+    """Set this rank's device (CUDA: ``device_index``, by default :func:`du.cuda_device_index`; CPU:
+    threads of :func:`cpu_threads`) and join the group of
+    ``world_size`` (no group for a world of 1). Returns ``(device, backend or None, backend note)``."""
+    cuda = use_cuda(cfg)
+    if cuda:
+        if device_index is None:
+            device_index = du.cuda_device_index(local_rank, torch.cuda.device_count())
+        torch.cuda.set_device(device_index)
+        device = f"cuda:{device_index}"
+    else:
+        device = "cpu"
+        torch.set_num_threads(cpu_threads(local_procs))
+    backend, note = du.choose_backend(cfg.DIST_BACKEND, cuda)
+    du.init_distributed(backend, rank, world_size, init_method, timeout_min=cfg.DIST_TIMEOUT_MIN)
+    return device, backend if world_size > 1 else None, note
+
+
+def spawn(entry: Callable[..., None], nproc: int, args: tuple, timeout_min: float, what: str, init_method=None) -> int:
+    """Run ``entry(local_rank, init_method, *args)`` in ``nproc`` processes and wait for them; the
+    rendezvous is a store served here unless ``init_method`` is given (multi-node ``tcp://``).
+    Returns 0, or the exit code of the first process that failed (reported on stderr as ``what``)."""
+    store = None  # the processes' rendezvous: referenced until they have ended
+    if init_method is None:
+        store, init_method = du.serve_rendezvous(timeout_min)
+    try:
+        mp.spawn(entry, nprocs=nproc, args=(init_method, *args), join=True)
+    except mp.ProcessExitedException as err:
+        print(f"{what} process {err.error_index} exited with code {err.exit_code}", file=sys.stderr)
+        return int(err.exit_code) if err.exit_code and err.exit_code > 0 else 1
+    finally:
+        del store
+    return 0
+
+
+def rank_logging(cfg: Any, cfg_name: str, phase: str, rank: int) -> tuple[logging.Logger, str, str]:
+    """Rank 0: HigherHRNet's ``create_logger`` (file + console, output and TensorBoard folders).
+    Other ranks: console warnings only, folders received from rank 0 (one place decides the layout).
+    Returns ``(logger, output folder, TensorBoard folder)``; rank 0's :class:`ConfigError` (e.g. an
+    unwritable ``OUTPUT_DIR``) is raised on every rank, none is left waiting."""
+    from higherpose.config import ConfigError
+    from higherpose.utils.logging import create_logger
+
+    dirs: list[Any] = [None, None, None]  # output folder, TensorBoard folder, rank 0's error
+    log = logging.getLogger(f"higherpose.{phase}.rank{rank}")
+    if rank == 0:
+        try:
+            log, output_dir, tb_log_dir = create_logger(cfg, cfg_name, phase, rank=0)
+            dirs = [str(output_dir), str(tb_log_dir), None]
+        except ConfigError as err:
+            dirs = [None, None, str(err)]
+    else:
+        log.setLevel(logging.WARNING)
+        if not log.handlers:
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter(f"[rank {rank}] %(levelname)s %(message)s"))
+            log.addHandler(handler)
+        log.propagate = False
+    dirs = du.broadcast_object(dirs)
+    if dirs[2] is not None:
+        raise ConfigError(dirs[2])
+    return log, dirs[0], dirs[1]

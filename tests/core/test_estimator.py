@@ -1,0 +1,82 @@
+"""PoseEstimator: the poses of valid.py's results file, the input forms it takes, and its errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import higherpose
+from higherpose.core.estimator import Person, PoseEstimator
+from higherpose.dataset import synthetic
+from higherpose.models import build_model
+from tests.conftest import TINY_HRNET, load_cfg, load_tool
+
+# An untrained model's heatmaps sit near its 1 % prior: this threshold lets it find many "persons",
+# so the comparison covers grouping, refine and the back-projection of many joints.
+OPTS = ["DEVICE", "cpu", "TEST.DETECTION_THRESHOLD", "0.004", "DATASET.MAX_NUM_PEOPLE", "8", "DEBUG.DEBUG", "False"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> tuple[Path, Path]:
+    """A small synthetic set and the weights of a randomly initialised tiny HigherHRNet."""
+    root = tmp_path_factory.mktemp("synthetic")
+    synthetic.ensure_synthetic(str(root), num_train=2, num_val=3, verbose=False)
+    torch.manual_seed(0)
+    weights = root / "random.pth"
+    torch.save(build_model(load_cfg(TINY_HRNET), is_train=False).state_dict(), weights)
+    return root, weights
+
+
+def test_same_poses_as_valid_results_file(setup, tmp_path: Path) -> None:
+    root, weights = setup
+    opts = [*OPTS, "DATASET.ROOT", str(root), "OUTPUT_DIR", str(tmp_path), "LOG_DIR", str(tmp_path / "log")]
+    load_tool("valid").main(["--cfg", str(TINY_HRNET), *opts, "TEST.MODEL_FILE", str(weights)])
+    (results_file,) = tmp_path.rglob("keypoints_val_results.json")
+    results = json.loads(results_file.read_text())
+
+    estimator = PoseEstimator.from_config(TINY_HRNET, weights, opts=opts)
+    images = json.loads((root / "annotations" / "person_keypoints_val.json").read_text())["images"]
+    paths = [root / "images" / "val" / image["file_name"] for image in images]
+    found = estimator(paths)
+    assert sum(len(people) for people in found) == len(results) > 0
+    for image, people in zip(images, found):
+        rows = [r for r in results if r["image_id"] == image["id"]]
+        assert len(rows) == len(people)
+        for row, person in zip(rows, people):
+            np.testing.assert_allclose(person.keypoints.ravel(), row["keypoints"], atol=1e-6)
+            assert person.score == pytest.approx(row["score"], abs=1e-9)
+
+
+def test_input_forms_and_persons(setup) -> None:
+    root, weights = setup
+    estimator = higherpose.PoseEstimator.from_config(TINY_HRNET, weights, opts=[*OPTS, "DATASET.ROOT", str(root)])
+    path = sorted((root / "images" / "val").glob("*.jpg"))[0]
+    by_path = estimator(path)
+    by_array = estimator(cv2.imread(str(path)))
+    (in_list,) = estimator([str(path)])
+    assert len(by_path) > 0 and all(isinstance(p, Person) for p in by_path)
+    for a, b, c in zip(by_path, by_array, in_list):
+        np.testing.assert_array_equal(a.keypoints, b.keypoints)
+        np.testing.assert_array_equal(a.keypoints, c.keypoints)
+    person = by_path[0]
+    assert person.keypoints.shape == (17, 3) and person.names[:2] == ("nose", "left_eye")
+    assert list(person.as_dict()) == list(person.names)
+    assert person.as_dict()["nose"] == tuple(float(v) for v in person.keypoints[0])
+
+
+def test_from_a_config_object_and_errors(setup, tmp_path: Path) -> None:
+    root, weights = setup
+    cfg = load_cfg(TINY_HRNET, *OPTS)
+    estimator = PoseEstimator.from_config(cfg, weights, device="cpu", opts=["TEST.FLIP_TEST", "False"])
+    assert estimator.cfg.TEST.FLIP_TEST is False and cfg.TEST.FLIP_TEST is True  # the caller's config untouched
+    with pytest.raises(FileNotFoundError, match="missing.jpg: cannot read"):
+        estimator(tmp_path / "missing.jpg")
+    with pytest.raises(ValueError, match=r"BGR uint8 array \(H, W, 3\)"):
+        estimator(np.zeros((64, 64), np.uint8))
+    with pytest.raises(ValueError, match="BGR uint8"):
+        estimator(np.zeros((64, 64, 3), np.float32))

@@ -1,0 +1,143 @@
+"""Sharded validation: two gloo ranks write the results file and the AP table of one process, and an
+error on one rank stops every rank (none waits in a collective)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from higherpose.core.validation import ValidationError, _Progress, run_validation
+from higherpose.dataset import synthetic
+from higherpose.utils import distributed as du
+from higherpose.utils import launch
+from tests.conftest import REPO, TINY_HRNET, load_cfg, load_tool
+from tests.core.test_inference import PerfectModel, _samples
+
+
+@pytest.fixture(scope="module")
+def synthetic_val(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic")
+    synthetic.ensure_synthetic(str(root), num_train=2, num_val=5, verbose=False)
+    return root
+
+
+def _cfg(root: Path, *opts):
+    return load_cfg(TINY_HRNET, "DATASET.ROOT", str(root), "DEVICE", "cpu", "DEBUG.DEBUG", "False", *opts)
+
+
+def _perfect_model(cfg, root: Path) -> PerfectModel:
+    """Outputs the ground-truth maps of the synthetic validation image in its input."""
+    samples, _ = _samples(root, root / "annotations" / "person_keypoints_val.json", root / "images" / "val")
+    return PerfectModel(cfg, samples)
+
+
+def _rank(local_rank: int, init_method: str, root: str, out: str, fail_rank: int) -> None:
+    """One of two ranks: the perfect model's validation; rank ``fail_rank`` breaks its forward."""
+    cfg = _cfg(Path(root), "DIST_TIMEOUT_MIN", "2")
+    launch.join_group(cfg, local_rank, local_rank, 2, init_method, 2)
+    model = _perfect_model(cfg, Path(root))
+    if local_rank == fail_rank:
+
+        def broken(x: torch.Tensor) -> None:
+            raise RuntimeError("broken forward")
+
+        model.forward = broken
+    try:
+        metrics, results = run_validation(cfg, model, out)
+        if local_rank == 0:
+            Path(out, "metrics.json").write_text(json.dumps(metrics))
+    except ValidationError as err:
+        Path(out, f"error_rank{local_rank}.txt").write_text(str(err))
+    finally:
+        du.cleanup()
+
+
+def _results(out: Path) -> list[dict]:
+    return json.loads((out / "results" / "keypoints_val_results.json").read_text())
+
+
+def test_two_ranks_write_the_results_and_table_of_one_process(synthetic_val: Path, tmp_path: Path) -> None:
+    cfg = _cfg(synthetic_val)
+    torch.set_num_threads(1)  # as each of the two ranks on two cores: the same float sums
+    try:
+        one, _ = run_validation(cfg, _perfect_model(cfg, synthetic_val), str(tmp_path / "one"))
+    finally:
+        torch.set_num_threads(os.cpu_count() or 1)
+    assert one["AP"] > 0.9  # the perfect model finds the persons: a lost image would show
+
+    two = tmp_path / "two"
+    assert launch.spawn(_rank, 2, (str(synthetic_val), str(two), -1), 2, "test: validation") == 0
+    assert json.loads((two / "metrics.json").read_text()) == dict(one)
+    # the same file: the images in the data set's order, each image's persons as one process found them
+    assert _results(two) == _results(tmp_path / "one")
+    images = json.loads((synthetic_val / "annotations" / "person_keypoints_val.json").read_text())["images"]
+    assert {r["image_id"] for r in _results(two)} == {image["id"] for image in images}
+
+
+def synthetic_val_ids(root: Path) -> list[int]:
+    return [
+        image["id"] for image in json.loads((root / "annotations" / "person_keypoints_val.json").read_text())["images"]
+    ]
+
+
+def test_an_error_on_one_rank_stops_every_rank(synthetic_val: Path, tmp_path: Path) -> None:
+    assert launch.spawn(_rank, 2, (str(synthetic_val), str(tmp_path), 1), 2, "test: validation") == 0
+    for rank in (0, 1):
+        message = (tmp_path / f"error_rank{rank}.txt").read_text()
+        assert message.startswith("rank 1: RuntimeError: broken forward")
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_progress_counts_the_whole_set(caplog) -> None:
+    import logging
+
+    logger = logging.getLogger("test.progress")
+    progress = _Progress(10, logger, use_bar=False, every=4, ranks=2)
+    with caplog.at_level(logging.INFO, logger="test.progress"):
+        for _ in range(3):
+            progress.update()  # rank 0's third image: about six of the ten
+        progress.update(2)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0].startswith("valid: 4/10 images on 2 ranks") and lines[-1].startswith("valid: 10/10 images")
+    silent = _Progress(10, None, use_bar=False, every=1)
+    silent.update(10)  # no logger: no line, no error
+
+
+def test_validation_inside_two_process_training_equals_valid_py(synthetic_val: Path, tmp_path: Path) -> None:
+    """``TRAIN.VAL_FREQ`` in a 2-process gloo run: each rank validates its share; the results file and
+    the AP equal a one-process valid.py run on the weights it saved."""
+    # An untrained network at a low detection threshold finds many "persons": every image has results.
+    test = ["TEST.DETECTION_THRESHOLD", "0.004", "DATASET.MAX_NUM_PEOPLE", "4", "TRAIN.CHANNELS_LAST", "False"]
+    common = ["DATASET.ROOT", str(synthetic_val), "DEVICE", "cpu", "DEBUG.DEBUG", "False", "WORKERS", "0", *test]
+    train = ["TRAIN.END_EPOCH", "1", "TRAIN.ITERS_PER_EPOCH", "1", "TRAIN.IMAGES_PER_GPU", "1", "TRAIN.VAL_FREQ", "1"]
+    out = ["OUTPUT_DIR", str(tmp_path / "train"), "LOG_DIR", str(tmp_path / "train" / "log")]
+    command = [sys.executable, str(REPO / "tools" / "dist_train.py"), "--nproc", "2", "--cfg", str(TINY_HRNET)]
+    subprocess.run([*command, *common, *train, *out], check=True, cwd=REPO, capture_output=True, timeout=900)
+    (folder,) = (tmp_path / "train").glob("coco_kpt/*/*")
+    during = json.loads((folder / "results" / "keypoints_val_results.json").read_text())
+    log = next(folder.glob("train_*_rank0.log")).read_text()
+    ap = float(re.search(r"epoch 0 validation AP (\S+)", log)[1])
+
+    again = ["OUTPUT_DIR", str(tmp_path / "valid"), "LOG_DIR", str(tmp_path / "valid" / "log")]
+    weights = ["TEST.MODEL_FILE", str(folder / "final_state.pth")]
+    torch.set_num_threads(1)  # as each training rank
+    try:
+        metrics = load_tool("valid").main(["--cfg", str(TINY_HRNET), *common, *again, *weights])
+    finally:
+        torch.set_num_threads(os.cpu_count() or 1)
+    (results_file,) = (tmp_path / "valid").rglob("keypoints_val_results.json")
+    alone = json.loads(results_file.read_text())
+    assert len(during) == len(alone) > 0
+    assert [r["image_id"] for r in during] == [r["image_id"] for r in alone]
+    for a, b in zip(during, alone):
+        np.testing.assert_allclose(a["keypoints"], b["keypoints"], atol=1e-4)
+        assert a["score"] == pytest.approx(b["score"], abs=1e-6)
+    assert ap == pytest.approx(metrics["AP"], abs=1e-4)
