@@ -10,18 +10,22 @@ own training/test ratio (the tiny configs train on 192 crops of what they test a
 keeps each config's epochs and learning-rate steps and caps every epoch at N / END_EPOCH steps.
 Every finished run is recorded in OUTPUT/results.json: run again, the ablation trains only the runs
 still missing (an interrupted run resumes from its checkpoint) and a finished one re-prints without
-training. Prints and writes OUTPUT/ablation.md (mean ± std over seeds, each seed's AP, the paired
-difference against the first config) and OUTPUT/ablation.png (AP against input size).
+training. ``--jobs 2`` trains two runs at once, each on half the cores. Prints and writes
+OUTPUT/ablation.md (mean ± std over seeds, each seed's AP, the paired difference against the first
+config) and OUTPUT/ablation.png (AP against input size).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from higherpose.core.ablation import AblationError, Results, plan, plot, run_opts, summary_table
+from higherpose.core.ablation import AblationError, Results, Run, plan, plot, run_opts, summary_table
 from higherpose.core.quickstart import DEFAULT_NPROC, REPO, SMOKE_TRAIN, SMOKE_VALID, StepError, make_data, pipeline
 from higherpose.utils.atomic import atomic_write
 
@@ -41,14 +45,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default="output/ablation", help="results, tables, plot and the runs' folders")
     parser.add_argument("--smoke", action="store_true", help="a few steps on a few images (tests, CI)")
     parser.add_argument("--nproc", type=int, default=DEFAULT_NPROC, help="training processes (default %(default)s)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained side by side (CPU: the cores are split)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for every run")
     args = parser.parse_args(argv)
 
     output = Path(args.output) if Path(args.output).is_absolute() else REPO / args.output
     runs = plan(args.configs, args.sizes, args.seeds)
-    train = [*SMOKE_TRAIN] if args.smoke else []
+    train_opts = [*SMOKE_TRAIN] if args.smoke else []
     valid = [*SMOKE_VALID] if args.smoke else []
-    opts = {run.key: run_opts(run, args.steps, [*train, *args.opts]) for run in runs}  # checks every setting first
+    opts = {run.key: run_opts(run, args.steps, [*train_opts, *args.opts]) for run in runs}  # checks every setting first
     settings = {"configs": args.configs, "steps": args.steps, "opts": args.opts, "smoke": args.smoke}
     results = Results.open(output, settings)
 
@@ -59,38 +64,38 @@ def main(argv: list[str] | None = None) -> int:
 
     todo = [run for run in runs if run.key not in results.runs]
     print(f"[ablation] {len(runs)} runs, {len(runs) - len(todo)} already in {results.path}, {len(todo)} to train")
-    start, done_weight = time.perf_counter(), 0
+    if args.jobs > 1:  # runs side by side, the cores split between them (valid.py and dist_train read it)
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.jobs))
+    lock = threading.Lock()
+    start, done = time.perf_counter(), []
     left_weight = sum(run.size**2 for run in todo)  # a run's time grows with its pixels
-    for i, run in enumerate(todo, 1):
-        print(f"\n[ablation] run {i}/{len(todo)}: {run.key}", flush=True)
+
+    def train(run: Run) -> None:
+        print(f"\n[ablation] start {run.key}", flush=True)
+        folder = output / run.folder
         extra = [*opts[run.key], *args.opts]
-        summary = pipeline(
-            run.config,
-            output / run.folder,
-            data_root,
-            [*train, *extra],
-            [*valid, *extra],
-            demo_images=0,
-            nproc=args.nproc,
-        )
+        summary = pipeline(run.config, folder, data_root, [*train_opts, *extra], [*valid, *extra], 0, nproc=args.nproc)
         if not summary["metrics"]:
-            raise StepError(f"{run.key}: valid.py wrote no metrics under {output / run.folder}")
+            raise StepError(f"{run.key}: valid.py wrote no metrics under {folder}")
         if args.steps and summary["train_steps"] != args.steps:
-            print(
-                f"[ablation] WARNING: {run.key} trained {summary['train_steps']} steps, not {args.steps}: "
-                "its epochs are shorter than --steps / TRAIN.END_EPOCH",
-                flush=True,
-            )
+            print(f"[ablation] WARNING: {run.key} trained {summary['train_steps']} steps, not {args.steps}: "
+                  "its epochs are shorter than --steps / TRAIN.END_EPOCH", flush=True)  # fmt: skip
         keep = ("train_steps", "train_seconds", "valid_seconds", "metrics", "weights")
-        results.add(run, {k: summary[k] for k in keep})
-        done_weight, left_weight = done_weight + run.size**2, left_weight - run.size**2
-        elapsed = time.perf_counter() - start
-        eta = elapsed / done_weight * left_weight
-        print(
-            f"[ablation] {run.key}: AP {summary['metrics']['AP']:.3f}; {i}/{len(todo)} trained in "
-            f"{_minutes(elapsed)}, about {_minutes(eta)} left",
-            flush=True,
-        )
+        with lock:
+            results.add(run, {k: summary[k] for k in keep})
+            done.append(run)
+            weight = sum(r.size**2 for r in done)
+            elapsed = time.perf_counter() - start
+            eta = elapsed / weight * (left_weight - weight)
+            print(f"[ablation] {run.key}: AP {summary['metrics']['AP']:.3f}; {len(done)}/{len(todo)} trained in "
+                  f"{_minutes(elapsed)}, about {_minutes(eta)} left", flush=True)  # fmt: skip
+
+    if args.jobs > 1:
+        with ThreadPoolExecutor(args.jobs) as pool:
+            list(pool.map(train, todo))  # re-raises the first failure
+    else:
+        for run in todo:
+            train(run)
 
     labels = list(dict.fromkeys(run.label for run in runs))
     finished = [results.runs[run.key] for run in runs if run.key in results.runs]

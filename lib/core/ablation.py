@@ -155,7 +155,7 @@ def paired_differences(runs: Iterable[dict[str, Any]], base: str, other: str, si
 
 
 def _pm(values: Sequence[float], signed: bool = False) -> str:
-    if any(v < 0 for v in values):  # COCOeval's -1: no ground truth in the metric's area range
+    if not signed and any(v < 0 for v in values):  # COCOeval's -1: no ground truth in the metric's area range
         return "–"
     mean, std = mean_std(values)
     shown = f"{mean:+.3f}" if signed else f"{mean:.3f}"

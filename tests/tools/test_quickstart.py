@@ -1,6 +1,6 @@
-"""The quick start and the ablation, end to end at reduced size (a few steps on a few images).
+"""The quick start, end to end at reduced size (a few steps on a few images).
 
-The full runs (`make quickstart`, `python tools/ablation.py`) take minutes; these smoke runs check that
+The full run (`make quickstart`) takes minutes; these smoke runs check that
 every step's command works and produces what the next step and the user need.
 """
 
@@ -18,11 +18,10 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from tests.conftest import load_cfg, load_tool
+from tests.conftest import load_tool
 
 REPO = Path(__file__).resolve().parents[2]
 quickstart = load_tool("quickstart")
-ablation = load_tool("ablation")
 
 # Added to the heatmap biases of the trained weights. The smoke model's heatmap logits lie far above -12
 # (they start at -4.6, a 1 % prior), so its heatmaps then exceed TEST.DETECTION_THRESHOLD (0.5) nearly
@@ -98,37 +97,6 @@ def test_quickstart_smoke(tmp_path: Path, monkeypatch) -> None:
         assert changed > 0.01, f"{name}: no skeleton drawn ({changed:.2%} of the pixels changed)"
     (demo_json,) = demo.glob("*.json")
     assert {r["image_id"] for r in json.loads(demo_json.read_text())} == {int(Path(n).stem) for n in pictures}
-
-
-def test_ablation_table() -> None:
-    rows = {"A @256": {"AP": 0.5, "AR": 0.25}, "B @256": {"AP": 0.125, "AR": 1.0}}
-    table = ablation.side_by_side(rows).splitlines()
-    assert table[0] == "| model | AP | AR |"
-    assert table[2] == "| A @256 | 0.500 | 0.250 |" and table[3] == "| B @256 | 0.125 | 1.000 |"
-
-
-def test_ablation_configs_differ_only_in_the_model() -> None:
-    hrnet, sat = (load_cfg(REPO / p) for p in ablation.CONFIGS.values())
-    assert (hrnet.MODEL.NAME, sat.MODEL.NAME) == ("pose_higher_hrnet", "higher_pose")
-    for cfg in (hrnet, sat):
-        cfg.defrost()
-        cfg.MODEL.NAME = ""
-        cfg.MODEL.SAT.clear()
-    assert hrnet == sat  # same data, schedule, seed and test protocol
-
-
-def test_ablation_sizes_keep_the_configs_crop_ratio() -> None:
-    """A size is the test input; the training input scales with it as in the config."""
-    cfg_file = ablation.CONFIGS["higher_pose (tiny)"]
-    cfg = load_cfg(REPO / cfg_file)
-    ratio = cfg.DATASET.INPUT_SIZE / (cfg.TEST.INPUT_SIZE or cfg.DATASET.INPUT_SIZE)
-    for size in (256, 128):
-        opts = ablation.size_opts(cfg_file, size)
-        named = dict(zip(opts[::2], opts[1::2]))
-        train = int(named["DATASET.INPUT_SIZE"])
-        assert named["TEST.INPUT_SIZE"] == str(size) and train == size * ratio
-        assert named["DATASET.OUTPUT_SIZE"] == f"[{train // 4}, {train // 2}]"
-        load_cfg(REPO / cfg_file, *opts)  # a valid config, the low-resolution case included
 
 
 def test_training_runs_with_the_requested_processes(tmp_path: Path, monkeypatch) -> None:
