@@ -16,6 +16,7 @@ import torch
 
 from higherpose.core.validation import ValidationError, _Progress, run_validation
 from higherpose.dataset import synthetic
+from higherpose.models import build_model
 from higherpose.utils import distributed as du
 from higherpose.utils import launch
 from tests.conftest import REPO, TINY_HRNET, load_cfg, load_tool
@@ -141,3 +142,33 @@ def test_validation_inside_two_process_training_equals_valid_py(synthetic_val: P
         np.testing.assert_allclose(a["keypoints"], b["keypoints"], atol=1e-4)
         assert a["score"] == pytest.approx(b["score"], abs=1e-6)
     assert ap == pytest.approx(metrics["AP"], abs=1e-4)
+
+
+def test_valid_py_under_torchrun_equals_one_process(synthetic_val: Path, tmp_path: Path) -> None:
+    """``torchrun --nproc_per_node 2 tools/valid.py``: env:// ranks, one results file equal to one process's."""
+    test = ["TEST.DETECTION_THRESHOLD", "0.004", "DATASET.MAX_NUM_PEOPLE", "4"]
+    common = ["DATASET.ROOT", str(synthetic_val), "DEVICE", "cpu", "DEBUG.DEBUG", "False", *test]
+    torch.manual_seed(0)
+    weights = tmp_path / "random.pth"
+    torch.save(build_model(load_cfg(TINY_HRNET), is_train=False).state_dict(), weights)
+    common += ["TEST.MODEL_FILE", str(weights)]
+
+    port = str(du.find_free_port())  # torchrun's static rendezvous needs a real port (0 is passed on as is)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port]
+    out = ["OUTPUT_DIR", str(tmp_path / "two"), "LOG_DIR", str(tmp_path / "two" / "log")]
+    command = [*torchrun, str(REPO / "tools" / "valid.py"), "--cfg", str(TINY_HRNET), *common, *out]
+    subprocess.run(command, check=True, cwd=REPO, capture_output=True, timeout=900)
+    torch.set_num_threads(1)  # as each rank (torchrun sets OMP_NUM_THREADS 1)
+    try:
+        out = ["OUTPUT_DIR", str(tmp_path / "one"), "LOG_DIR", str(tmp_path / "one" / "log")]
+        load_tool("valid").main(["--cfg", str(TINY_HRNET), *common, *out])
+    finally:
+        torch.set_num_threads(os.cpu_count() or 1)
+    (two,), (one,) = ((tmp_path / d).rglob("keypoints_val_results.json") for d in ("two", "one"))
+    sharded, alone = json.loads(two.read_text()), json.loads(one.read_text())
+    assert len(sharded) == len(alone) > 0
+    for a, b in zip(sharded, alone):
+        assert a["image_id"] == b["image_id"] and a["score"] == pytest.approx(b["score"], abs=1e-6)
+        np.testing.assert_allclose(a["keypoints"], b["keypoints"], atol=1e-4)
+    (metrics_two,), (metrics_one,) = ((tmp_path / d).rglob("metrics_val.json") for d in ("two", "one"))
+    assert json.loads(metrics_two.read_text())["metrics"] == json.loads(metrics_one.read_text())["metrics"]
