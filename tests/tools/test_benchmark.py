@@ -19,7 +19,11 @@ def test_benchmark_quick_writes_json(tmp_path: Path, capsys) -> None:
     assert sections == set(benchmark.SECTIONS)
     for row in report["rows"]:
         assert {"name", "value", "unit"} <= set(row)
-        assert isinstance(row["value"], (int, float))
+        if row["value"] is None:  # a row that cannot be measured here says why (e.g. no sample data)
+            assert "skipped" in row["detail"] or "no ratio" in row["detail"], row
+        else:
+            assert isinstance(row["value"], (int, float)), row
+    assert sum(row["value"] is not None for row in report["rows"]) >= len(report["rows"]) - 4
     table = capsys.readouterr().out
     assert "| section | measurement | value | unit | detail |" in table
 
