@@ -28,12 +28,9 @@ from pathlib import Path
 from higherpose.core.ablation import AblationError, Results, Run, plan, plot, run_opts, summary_table
 from higherpose.core.quickstart import DEFAULT_NPROC, REPO, SMOKE_TRAIN, SMOKE_VALID, StepError, make_data, pipeline
 from higherpose.utils.atomic import atomic_write
+from higherpose.utils.meters import format_seconds
 
 CONFIGS = ["experiments/synthetic/higher_hrnet_tiny.yaml", "experiments/synthetic/higher_pose_tiny.yaml"]
-
-
-def _minutes(seconds: float) -> str:
-    return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             elapsed = time.perf_counter() - start
             eta = elapsed / weight * (left_weight - weight)
             print(f"[ablation] {run.key}: AP {summary['metrics']['AP']:.3f}; {len(done)}/{len(todo)} trained in "
-                  f"{_minutes(elapsed)}, about {_minutes(eta)} left", flush=True)  # fmt: skip
+                  f"{format_seconds(elapsed)}, about {format_seconds(eta)} left", flush=True)  # fmt: skip
 
     if args.jobs > 1:
         with ThreadPoolExecutor(args.jobs) as pool:

@@ -77,14 +77,21 @@ def bench_loss(quick: bool) -> list[dict]:
     ]
 
 
+_BLOB_RADIUS = 12  # px: 3 sigma of the sigma-4 joints of the synthetic maps
+
+
+def _gaussian_blob() -> np.ndarray:
+    """(25, 25) float32 Gaussian of sigma 4 px, peak 1, centred: one joint of the synthetic maps."""
+    yy, xx = np.mgrid[-_BLOB_RADIUS : _BLOB_RADIUS + 1, -_BLOB_RADIUS : _BLOB_RADIUS + 1]
+    return np.exp(-(xx**2 + yy**2) / (2 * 4.0**2)).astype(np.float32)
+
+
 def _synthetic_maps(num_people: int, k: int, h: int, w: int, seed: int = 0):
     """Projected network outputs at input resolution: Gaussian joints (20% missing), one tag per person."""
     rng = np.random.default_rng(seed)
     det = (rng.random((1, k, h, w), dtype=np.float32) * 0.02).astype(np.float32)
     tag = rng.normal(0, 0.05, (1, k, h, w, 2)).astype(np.float32)
-    r = 12
-    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
-    blob = np.exp(-(xx**2 + yy**2) / (2 * 4.0**2)).astype(np.float32)
+    r, blob = _BLOB_RADIUS, _gaussian_blob()
     for p in range(num_people):
         for j in range(k):
             if rng.random() < 0.2:
@@ -148,9 +155,7 @@ def crowded_maps(num_people: int = 30, k: int = 17, size: int = 512, seed: int =
     rng = np.random.default_rng(seed)
     det = (rng.random((1, k, size, size), dtype=np.float32) * 0.02).astype(np.float32)
     tag = rng.normal(0, 0.05, (1, k, size, size, 1)).astype(np.float32)
-    r = 12
-    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
-    blob = np.exp(-(xx**2 + yy**2) / (2 * 4.0**2)).astype(np.float32)
+    r, blob = _BLOB_RADIUS, _gaussian_blob()
     placed: list[list[tuple[int, int]]] = [[] for _ in range(k)]
     for p in range(num_people):
         for j in range(k):
