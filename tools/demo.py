@@ -37,6 +37,7 @@ from higherpose.core.evaluation import poses_to_coco_results, write_results_json
 from higherpose.dataset.specs import spec_from_cfg
 from higherpose.models import build_model
 from higherpose.utils.checkpoint import CheckpointError
+from higherpose.utils.launch import keep_freed_memory
 from higherpose.utils.vis import draw_poses, imwrite_atomic
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -213,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     update_config(cfg, args)
     kind, paths = collect(Path(args.input))
     model, _, device = load_eval_model(cfg, random_weights=args.random_weights, build=build_model, optimize=True)
+    if device.type == "cpu":
+        keep_freed_memory()
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     demo = Demo(cfg, model, args)

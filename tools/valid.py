@@ -85,6 +85,8 @@ def evaluate(local_rank: int, rank: int, world_size: int, init_method: str, cfg:
             logger.info(pprint.pformat(vars(args)))
             logger.info(cfg)
         model, weights, device = _load_on_every_rank(cfg, final_output_dir, device, logger, rank, world_size)
+        if torch.device(device).type == "cpu":
+            launch.keep_freed_memory()  # what join_group does for the ranks of a process group
         if rank == 0:
             shards = f" in {world_size} shards" if world_size > 1 else ""
             logger.info("=> evaluating %s/%s on %s%s", cfg.DATASET.ROOT, cfg.DATASET.TEST, device, shards)

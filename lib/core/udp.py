@@ -17,16 +17,19 @@ Details", CVPR 2020). Here every map is resampled once, exactly, onto the destin
 The resampling is bicubic, ``F.grid_sample``'s (:func:`sample_grid`, border padding, ``A = -0.75``). The
 destination grid is a product of x and y coordinates, so it is computed as two matrix products per
 map, ``wy @ map @ wx^T``, with bicubic weight matrices built once per map size and grid and cached;
-the mirrored pass's flip is folded into its ``wx``. The stage and flip averages of the heatmaps become
-part of the same two products, and only the channels that are read are resampled (heatmaps of the
-``TEST.WITH_HEATMAPS`` stages, tags of the ``TEST.WITH_AE`` stages where the caller uses them).
-The image and its mirror run through the network as one batch.
+the mirrored pass's flip is folded into its ``wx``. A bicubic row has four taps, so the matrices are
+kept as blocks of rows with only the columns the block reaches (:class:`Banded`). The flip average of
+the heatmaps is summed after the width products, the stage average after the height products, and
+only the channels that are read are resampled (heatmaps of the ``TEST.WITH_HEATMAPS`` stages, tags of
+the ``TEST.WITH_AE`` stages where the caller uses them). The image and its mirror run through the
+network as one batch.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -111,6 +114,41 @@ def _axis_matrices(
     return plain, flipped
 
 
+_BAND_ROWS = 32  # rows of a Banded block: fewer columns per row against more, smaller products
+
+
+class Banded(NamedTuple):
+    """A float32 matrix (n_out, n_in) whose rows have their nonzeros in a few neighbouring columns
+    (bicubic: 4 taps), stored as blocks of :data:`_BAND_ROWS` rows: ``(lo, hi, block)`` with ``block``
+    (rows, hi - lo) the block's columns ``lo:hi``, outside which the block is zero.
+
+    Its products skip the zero terms: the width product of a 192-pixel map onto 256 pixels reads about
+    28 columns a row instead of 192."""
+
+    blocks: tuple[tuple[int, int, torch.Tensor], ...]
+
+    @classmethod
+    def from_dense(cls, matrix: np.ndarray, device: torch.device | None = None) -> Banded:
+        blocks = []
+        for start in range(0, matrix.shape[0], _BAND_ROWS):
+            rows = matrix[start : start + _BAND_ROWS]
+            used = np.flatnonzero(np.any(rows != 0, axis=0))
+            lo, hi = (int(used[0]), int(used[-1]) + 1) if used.size else (0, 1)
+            block = torch.as_tensor(np.ascontiguousarray(rows[:, lo:hi]), dtype=torch.float32, device=device)
+            blocks.append((lo, hi, block))
+        return cls(tuple(blocks))
+
+    def right_of(self, maps: torch.Tensor) -> torch.Tensor:
+        """``maps @ matrix^T``: (..., n_in) -> (..., n_out) (resampling along the last axis)."""
+        parts = [torch.matmul(maps[..., lo:hi], block.t()) for lo, hi, block in self.blocks]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+
+    def left_of(self, maps: torch.Tensor) -> torch.Tensor:
+        """``matrix @ maps``: (..., n_in, w) -> (..., n_out, w) (resampling along the second last axis)."""
+        parts = [torch.matmul(block, maps[..., lo:hi, :]) for lo, hi, block in self.blocks]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-2)
+
+
 @functools.lru_cache(maxsize=64)
 def _resampling_matrices(
     shapes: tuple[tuple[int, int], ...],
@@ -120,25 +158,22 @@ def _resampling_matrices(
     base_size: tuple[float, float],
     ratio: float,
     device: torch.device,
-) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list[tuple[torch.Tensor, torch.Tensor]]]:
-    """Float32 matrices on ``device`` for stage outputs of sizes ``shapes`` ((h, w) each): per stage
+) -> tuple[list[tuple[Banded, Banded]], list[tuple[Banded, Banded]]]:
+    """The matrices on ``device`` for stage outputs of sizes ``shapes`` ((h, w) each): per stage
     ``(wy, wx)`` for the plain pass and ``(wy, wx_mirrored)`` for the mirrored one."""
     plain, mirrored = [], []
     for h, w in shapes:
         wy, _ = _axis_matrices(h, in_hw[0], dst_size[1], dst_stride, base_size[1], ratio, False)
         wx, wx_m = _axis_matrices(w, in_hw[1], dst_size[0], dst_stride, base_size[0], ratio, True)
-        t = {
-            k: torch.as_tensor(np.ascontiguousarray(v), dtype=torch.float32, device=device)
-            for k, v in (("wy", wy), ("wx", wx), ("wx_m", wx_m))
-        }
-        plain.append((t["wy"], t["wx"]))
-        mirrored.append((t["wy"], t["wx_m"]))
+        wy_b = Banded.from_dense(wy, device)
+        plain.append((wy_b, Banded.from_dense(wx, device)))
+        mirrored.append((wy_b, Banded.from_dense(wx_m, device)))
     return plain, mirrored
 
 
-def _separable(maps: torch.Tensor, wy: torch.Tensor, wx: torch.Tensor) -> torch.Tensor:
+def _separable(maps: torch.Tensor, wy: Banded, wx: Banded) -> torch.Tensor:
     """``wy @ maps @ wx^T`` per channel: maps (B, C, h, w) -> float32 (B, C, H', W')."""
-    return torch.matmul(wy, torch.matmul(maps.float(), wx.t()))
+    return wy.left_of(wx.right_of(maps.float()))
 
 
 def forward_with_mirror(
@@ -168,13 +203,13 @@ def udp_resampled_maps(
     average_flip: bool = False,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Resample the stage outputs of one scale onto the destination grid (see
-    :func:`udp_multi_stage_outputs`) with the separable bicubic ``wy @ map @ wx^T``, equal to
-    :func:`sample_grid` on every map; only the channels read downstream are resampled.
+    :func:`udp_multi_stage_outputs`) with the separable bicubic ``wy @ map @ wx^T`` (:class:`Banded`),
+    equal to :func:`sample_grid` on every map; only the channels read downstream are resampled.
 
     ``outputs``: the stage outputs of the image (B, C_i, h_i, w_i), ``mirrored`` those of its mirror
     image as the network returned them (or None); ``in_hw``: the input's (H, W). The heatmaps of the
-    ``test_heatmaps`` stages are averaged over the stages in one product; with ``average_flip`` also
-    over the two passes (one map, not two). The tags of the ``test_tags`` stages are returned (plain
+    ``test_heatmaps`` stages are averaged over the stages; with ``average_flip`` also over the two
+    passes (one map, not two). The tags of the ``test_tags`` stages are returned (plain
     stages, then mirrored ones) only when ``with_tags``. Centre channels are dropped as
     :meth:`OutputLayout.without_center`. Returns ``(heatmaps, tags)``.
     """
@@ -201,15 +236,16 @@ def udp_resampled_maps(
         if heat:
             groups = [passes] if average_flip else [[p] for p in passes]
             for group in groups:
-                # Per stage: the passes side by side along the width, one width product; then the
-                # stages stacked along the height, one height product: the sum over stages and passes.
-                rows, wys = [], []
+                # Per stage the passes' width products are summed, then its height product is added to
+                # the other stages': the sum over stages and passes, one height product per stage.
+                summed: torch.Tensor | None = None
                 for i in heat:
-                    maps = torch.cat([o[i][:, channels] for o, _, channels in group], dim=3)
-                    wx = torch.cat([m[i][1] for _, m, _ in group], dim=1)
-                    rows.append(torch.matmul(maps.float(), wx.t()))
-                    wys.append(plain_m[i][0])
-                summed = torch.matmul(torch.cat(wys, dim=1), torch.cat(rows, dim=2))
+                    rows: torch.Tensor | None = None
+                    for o, m, channels in group:
+                        part = m[i][1].right_of(o[i][:, channels].float())
+                        rows = part if rows is None else rows.add_(part)
+                    resampled = plain_m[i][0].left_of(rows)
+                    summed = resampled if summed is None else summed.add_(resampled)
                 heatmaps.append(summed / float(len(heat) * len(group)))
         tags: list[torch.Tensor] = []
         if with_tags:

@@ -3,9 +3,9 @@
 In eval mode ``bn(conv(x))`` is an affine map per output channel, so it equals one convolution with
 scaled weights and a bias. Folded: every ``convN`` / ``bnN`` pair of a module (HRNet's blocks and
 stem, named as in the official code, which applies ``bnN`` right after ``convN``) and every
-``Conv2d`` followed by ``BatchNorm2d`` in an ``nn.Sequential`` (transitions, fuse layers,
-downsampling). The BatchNorm becomes ``nn.Identity``: the state dict loses its keys, so fold a model
-only after loading its weights, and only for inference.
+``Conv2d`` or ``ConvTranspose2d`` followed by ``BatchNorm2d`` in an ``nn.Sequential`` (transitions,
+fuse layers, downsampling, the deconvolution heads). The BatchNorm becomes ``nn.Identity``: the
+state dict loses its keys, so fold a model only after loading its weights, and only for inference.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ def fold_batchnorm(model: nn.Module) -> int:
             for a, b in zip(names, names[1:]):
                 conv, bn = children[a], children[b]
                 if _foldable(conv, bn):
-                    setattr(module, a, fuse_conv_bn_eval(conv, bn))
+                    transpose = type(conv) is nn.ConvTranspose2d
+                    setattr(module, a, fuse_conv_bn_eval(conv, bn, transpose=transpose))
                     setattr(module, b, nn.Identity())
                     folded += 1
             continue
@@ -44,7 +45,7 @@ def fold_batchnorm(model: nn.Module) -> int:
 
 def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
     return (
-        type(conv) is nn.Conv2d
+        type(conv) in (nn.Conv2d, nn.ConvTranspose2d)
         and type(bn) is nn.BatchNorm2d
         and bn.track_running_stats
         and bn.num_features == conv.out_channels

@@ -4,8 +4,10 @@ rendezvous store the launcher serves)."""
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import platform
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -30,11 +32,39 @@ def cpu_threads(local_procs: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, local_procs))
 
 
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD_MAX = 32 << 20  # glibc's largest on 64-bit: bigger blocks are always mmap'd
+_TRIM_THRESHOLD = 1 << 30
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc's malloc keep freed memory for reuse instead of handing it back to the kernel.
+
+    CPU PyTorch allocates every activation anew. By default glibc serves large blocks with ``mmap``
+    and unmaps them when freed (and trims the heap top), so each forward page-faults its activations in
+    again, zero-filled by the kernel: on the quick-start validation a tenth of the time was system
+    time. Blocks up to 32 MiB now come from the heap, which keeps up to 1 GiB of free memory at its
+    top; the process's peak memory is unchanged. It does what preloading jemalloc or tcmalloc does in
+    PyTorch's CPU performance guide, without a library to install. Process-wide: for the CPU ranks of
+    ``valid.py`` and ``dist_train.py``. Returns False (nothing changed) where the C library is not
+    glibc."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    return bool(
+        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX) and libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
+    )
+
+
 def join_group(
     cfg: Any, local_rank: int, rank: int, world_size: int, init_method: str, local_procs: int, device_index=None
 ) -> tuple[str, str | None, str | None]:
     """Set this rank's device (CUDA: ``device_index``, by default :func:`du.cuda_device_index`; CPU:
-    threads of :func:`cpu_threads`) and join the group of
+    threads of :func:`cpu_threads`, :func:`keep_freed_memory`) and join the group of
     ``world_size`` (no group for a world of 1). Returns ``(device, backend or None, backend note)``."""
     cuda = use_cuda(cfg)
     if cuda:
@@ -45,6 +75,7 @@ def join_group(
     else:
         device = "cpu"
         torch.set_num_threads(cpu_threads(local_procs))
+        keep_freed_memory()
     backend, note = du.choose_backend(cfg.DIST_BACKEND, cuda)
     du.init_distributed(backend, rank, world_size, init_method, timeout_min=cfg.DIST_TIMEOUT_MIN)
     return device, backend if world_size > 1 else None, note

@@ -14,6 +14,7 @@ from higherpose.core import udp
 from higherpose.core.inference import _to_input, aggregate_results, image_maps
 from higherpose.core.layout import OutputLayout
 from higherpose.core.udp import (
+    Banded,
     _separable,
     _weight_matrix,
     sample_grid,
@@ -87,11 +88,34 @@ def test_weight_matrices_equal_grid_sample_in_and_beyond_the_border(size: int) -
     # in range, on pixel centres, between them, and taps (and points) past both borders
     xs = torch.cat((torch.linspace(-3.3, size + 7.6, 41, dtype=torch.float64), torch.arange(size + 5.0)))
     ys = torch.linspace(-2.2, size + 1.7, 23, dtype=torch.float64)
-    wy = torch.from_numpy(_weight_matrix(ys.numpy(), size)).float()
-    wx = torch.from_numpy(_weight_matrix(xs.numpy(), size + 5)).float()
+    wy = Banded.from_dense(_weight_matrix(ys.numpy(), size))
+    wx = Banded.from_dense(_weight_matrix(xs.numpy(), size + 5))
     torch.testing.assert_close(_separable(maps, wy, wx), sample_grid(maps, xs, ys), atol=2e-6, rtol=1e-5)
     # each row sums to one (the border padding repeats edge pixels instead of dropping taps)
     np.testing.assert_allclose(_weight_matrix(xs.numpy(), size + 5).sum(1), 1.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("n_out,n_in", [(5, 3), (32, 40), (100, 37), (256, 192), (97, 300)])
+def test_banded_products_equal_the_dense_ones(n_out: int, n_in: int) -> None:
+    """Blocks of rows with only their nonzero columns: several blocks, a last partial one, upsampling and
+    downsampling; the skipped columns are zeros, so the products are the dense ones."""
+    g = torch.Generator().manual_seed(n_out)
+    src = np.sort(np.random.default_rng(n_in).uniform(-2.0, n_in + 1.0, n_out))
+    dense = _weight_matrix(src, n_in)
+    band = Banded.from_dense(dense)
+    assert sum(block.size(0) for _, _, block in band.blocks) == n_out
+    wide = torch.rand(2, 3, 7, n_in, generator=g)
+    tall = torch.rand(2, 3, n_in, 7, generator=g)
+    w = torch.from_numpy(dense).float()
+    torch.testing.assert_close(band.right_of(wide), wide @ w.t(), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(band.left_of(tall), w @ tall, atol=1e-6, rtol=1e-6)
+    # a block keeps the columns its rows' taps reach (4 around each source point) and skips only zeros
+    start = 0
+    for lo, hi, block in band.blocks:
+        rows, span = dense[start : start + block.size(0)], src[start : start + block.size(0)]
+        assert not rows[:, :lo].any() and not rows[:, hi:].any() and block.dtype == torch.float32
+        assert hi - lo <= np.floor(span.max()) - np.floor(span.min()) + 4
+        start += block.size(0)
 
 
 def _layout(cfg_path, *opts) -> OutputLayout:
