@@ -16,7 +16,8 @@ Protocols:
 The breakdown: ``network`` is the model's forward (forward hooks), ``resampling`` the rest of
 :func:`~higherpose.core.inference.image_maps` (input resize and normalisation, flip, aligning,
 resampling and averaging the maps), ``grouping`` :func:`~higherpose.core.inference.group_by_tags`
-(grouping, adjust, refine, back-projection); all per image, validation in one process. The full run
+(grouping, adjust, refine, back-projection); all per image, validation in one process, in thread-seconds:
+summed over the ``TEST.CPU_IMAGE_THREADS`` threads that predict images side by side. The full run
 also runs the valid.py command itself with ``--nproc 1`` and ``--nproc 2`` (sharded validation): the
 rate of its validation loop as it reports it, and that of the whole command's wall clock (process
 start, model loading and evaluation included).
@@ -32,6 +33,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,17 +50,23 @@ SHARED_DATA = Path(os.environ.get("HIGHERPOSE_SHARED_DATA", REPO.parent / "share
 
 @contextmanager
 def _timed_stages(model: Any) -> Iterator[dict[str, float]]:
-    """Seconds spent in the model's forward, in image_maps and in group_by_tags while the block runs."""
+    """Seconds spent in the model's forward, in image_maps and in group_by_tags while the block runs,
+    summed over the threads that run them (``TEST.CPU_IMAGE_THREADS``)."""
     import higherpose.core.inference as inference
 
     totals = {"network": 0.0, "maps": 0.0, "grouping": 0.0}
-    started: list[float] = []
+    lock = threading.Lock()
+    local = threading.local()  # each thread's forward start
+
+    def add(name: str, seconds: float) -> None:
+        with lock:
+            totals[name] += seconds
 
     def pre_hook(module: Any, args: Any) -> None:
-        started.append(time.perf_counter())
+        local.start = time.perf_counter()
 
     def post_hook(module: Any, args: Any, output: Any) -> None:
-        totals["network"] += time.perf_counter() - started.pop()
+        add("network", time.perf_counter() - local.start)
 
     def timed(name: str, fn: Any) -> Any:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -66,7 +74,7 @@ def _timed_stages(model: Any) -> Iterator[dict[str, float]]:
             try:
                 return fn(*args, **kwargs)
             finally:
-                totals[name] += time.perf_counter() - start
+                add(name, time.perf_counter() - start)
 
         return wrapper
 
@@ -87,6 +95,7 @@ def _measure(cfg_path: Path, opts: list[str], images: int, weights: Path | None)
     the seconds per image of network, resampling and grouping."""
     from higherpose.config import cfg as default_cfg
     from higherpose.config import update_config
+    from higherpose.core.estimator import PoseEstimator
     from higherpose.core.eval_model import load_eval_model
     from higherpose.core.validation import run_validation
     from higherpose.utils.launch import keep_freed_memory
@@ -107,6 +116,7 @@ def _measure(cfg_path: Path, opts: list[str], images: int, weights: Path | None)
             seconds = time.perf_counter() - start
     return {
         "images/s": images / seconds,
+        "threads": PoseEstimator(cfg, model).image_threads,
         "network": totals["network"] / images,
         "resampling": (totals["maps"] - totals["network"]) / images,
         "grouping": totals["grouping"] / images,
@@ -173,7 +183,7 @@ def _row(name: str, m: dict[str, float], detail: str) -> dict[str, Any]:
         "name": name,
         "value": m["images/s"],
         "unit": "images/s",
-        "detail": f"{detail}; per image: {breakdown}",
+        "detail": f"{detail}; per image, summed over {m['threads']:.0f} image thread(s): {breakdown}",
     }
 
 

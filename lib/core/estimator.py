@@ -9,15 +9,22 @@
 
 Everything but the images comes from the config, as in ``tools/valid.py``: the test input size,
 ``TEST.SCALE_FACTOR`` (multi-scale), ``TEST.FLIP_TEST``, ``TEST.ADJUST`` / ``TEST.REFINE``, and
-``TEST.IMAGES_PER_GPU`` images per forward (same-size images only). ``tools/valid.py``, ``demo.py``
-and ``export_onnx.py`` predict through it.
+``TEST.IMAGES_PER_GPU`` images per forward (same-size images only). On the CPU a list of images is
+split over ``TEST.CPU_IMAGE_THREADS`` threads, each predicting its own images with a share of torch's
+threads: the small operations of one image keep two cores busier than two images one after the other
+(a single image, or one per call, runs as before). ``tools/valid.py``, ``demo.py`` and
+``export_onnx.py`` predict through it.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -27,10 +34,12 @@ import torch
 from torch import nn
 
 from higherpose.core.group import HeatmapParser
-from higherpose.core.inference import predict_images
+from higherpose.core.inference import _model_device, predict_images
 from higherpose.dataset.specs import spec_from_cfg
 
 Image = Union[np.ndarray, str, os.PathLike]  # noqa: UP007 (a runtime alias; X | Y needs Python 3.10 objects)
+
+_AUTO_IMAGE_THREADS = 4  # TEST.CPU_IMAGE_THREADS = 0: at most this many images in flight (memory)
 
 
 @dataclass(frozen=True)
@@ -75,6 +84,21 @@ class PoseEstimator:
         spec = spec_from_cfg(cfg)
         self.keypoint_names: tuple[str, ...] = tuple(spec.joint_names)[: self.parser.params.num_joints]
 
+    @property
+    def image_threads(self) -> int:
+        """Images :meth:`predict_rgb` runs side by side: ``TEST.CPU_IMAGE_THREADS`` for a network with
+        its parameters on the CPU (0: ``min(torch.get_num_threads(), 4)``); 1 on a GPU and for
+        callables without parameters (:class:`~higherpose.core.onnx_export.OnnxPoseNet`: ONNX Runtime
+        has its own threads)."""
+        if not isinstance(self.model, nn.Module) or next(self.model.parameters(), None) is None:
+            return 1
+        if _model_device(self.model).type != "cpu":
+            return 1
+        wanted = int(self.cfg.TEST.CPU_IMAGE_THREADS)
+        if wanted < 0:
+            raise ValueError(f"TEST.CPU_IMAGE_THREADS = {wanted}: use 0 (automatic) or a number of threads")
+        return wanted or min(torch.get_num_threads(), _AUTO_IMAGE_THREADS)
+
     @classmethod
     def from_config(
         cls,
@@ -108,9 +132,37 @@ class PoseEstimator:
     def predict_rgb(self, images_rgb: Sequence[np.ndarray]) -> list[tuple[list[np.ndarray], list[float]]]:
         """Per RGB uint8 image (H, W, 3): ``(poses, scores)`` with ``poses[p]`` (K, 3 + L) = (x, y,
         heat value, tags...) in image pixels, as :func:`~higherpose.core.inference.predict_image`."""
+        return list(self.predict_stream(images_rgb))
+
+    def predict_stream(self, images_rgb: Iterable[np.ndarray]) -> Iterator[tuple[list[np.ndarray], list[float]]]:
+        """:meth:`predict_rgb` for an iterable of any length, one result at a time in its order. Images
+        are taken from it as threads become free (at most two forwards a thread waiting), so a data set
+        streams through without being held in memory.
+
+        With several image threads torch's thread setting is lowered until the generator is exhausted
+        or closed (see ``TEST.CPU_IMAGE_THREADS``)."""
         batch = max(1, int(self.cfg.TEST.IMAGES_PER_GPU))
-        with torch.inference_mode():
-            return predict_images(self.cfg, self.model, images_rgb, self.parser, batch_size=batch)
+        jobs = _chunks(iter(images_rgb), batch)
+
+        def predict(job: list[np.ndarray]) -> list[tuple[list[np.ndarray], list[float]]]:
+            with torch.inference_mode():  # per thread: grad mode is thread-local
+                return predict_images(self.cfg, self.model, job, self.parser, batch)
+
+        threads = self.image_threads
+        first = list(itertools.islice(jobs, 2))
+        jobs = itertools.chain(first, jobs)
+        if threads == 1 or len(first) < 2:  # one forward: all of torch's threads on it
+            for job in jobs:
+                yield from predict(job)
+            return
+        with _torch_threads(max(1, torch.get_num_threads() // threads)), ThreadPoolExecutor(threads) as pool:
+            waiting: deque[Future] = deque()
+            for job in jobs:
+                waiting.append(pool.submit(predict, job))
+                if len(waiting) >= 2 * threads:
+                    yield from waiting.popleft().result()
+            while waiting:
+                yield from waiting.popleft().result()
 
     def __call__(self, images: Image | Sequence[Image]) -> list[Person] | list[list[Person]]:
         """The persons of one image (a BGR array or a path), or a list of them per image of a list."""
@@ -124,3 +176,20 @@ class PoseEstimator:
             for r in self.predict_rgb([load_image(image) for image in batch])
         ]
         return found[0] if single else found
+
+
+def _chunks(items: Iterator[np.ndarray], size: int) -> Iterator[list[np.ndarray]]:
+    while chunk := list(itertools.islice(items, size)):
+        yield chunk
+
+
+@contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``n`` for threads started inside the block (a thread takes the
+    setting when it first runs an operation), restored after. Process-wide while it lasts."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -14,7 +14,8 @@ import logging
 import os
 import sys
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -91,36 +92,31 @@ def _predict_share(
     from higherpose.core.estimator import PoseEstimator
 
     estimator = PoseEstimator(cfg, model)
-    batch = max(1, int(cfg.TEST.IMAGES_PER_GPU))
     save_every = max(1, int(cfg.PRINT_FREQ)) if cfg.DEBUG.DEBUG and du.is_main_process() else 0
     predicted: list[tuple[int, list[dict]]] = []
     skipped: list[int] = []
-    pending: list[tuple[int, np.ndarray]] = []
+    order: deque[tuple[int, np.ndarray]] = deque()  # the images handed to the estimator, not yet returned
 
-    def flush() -> None:
-        preds = estimator.predict_rgb([image for _, image in pending])
-        for (index, image), (poses, scores) in zip(pending, preds):
-            predicted.append((index, poses_to_coco_results(int(ids[index]), poses, scores)))
-            if save_every and (len(predicted) - 1) % save_every == 0:
-                # HigherHRNet's result_valid_{i}.jpg: the grouped poses drawn on every PRINT_FREQ-th
-                # image (of rank 0's share; i is the image's index in the data set)
-                from higherpose.utils.vis import save_valid_image
+    def readable() -> Iterator[np.ndarray]:
+        for index, sample in zip(indices, loader):
+            image, _ = unwrap_test_sample(sample)
+            if image is None:
+                skipped.append(int(ids[index]))
+                progress.update()
+                continue
+            order.append((index, image))
+            yield image
 
-                save_valid_image(image, poses, os.path.join(output_dir, f"result_valid_{index}.jpg"), spec)
-        progress.update(len(pending))
-        pending.clear()
+    for poses, scores in estimator.predict_stream(readable()):
+        index, image = order.popleft()
+        predicted.append((index, poses_to_coco_results(int(ids[index]), poses, scores)))
+        if save_every and (len(predicted) - 1) % save_every == 0:
+            # HigherHRNet's result_valid_{i}.jpg: the grouped poses drawn on every PRINT_FREQ-th image
+            # (of rank 0's share; i is the image's index in the data set)
+            from higherpose.utils.vis import save_valid_image
 
-    for index, sample in zip(indices, loader):
-        image, _ = unwrap_test_sample(sample)
-        if image is None:
-            skipped.append(int(ids[index]))
-            progress.update()
-            continue
-        pending.append((index, image))
-        if len(pending) >= batch:
-            flush()
-    if pending:
-        flush()
+            save_valid_image(image, poses, os.path.join(output_dir, f"result_valid_{index}.jpg"), spec)
+        progress.update()
     return predicted, skipped
 
 

@@ -80,3 +80,75 @@ def test_from_a_config_object_and_errors(setup, tmp_path: Path) -> None:
         estimator(np.zeros((64, 64), np.uint8))
     with pytest.raises(ValueError, match="BGR uint8"):
         estimator(np.zeros((64, 64, 3), np.float32))
+
+
+def _val_images(root: Path, copies: int = 1) -> list[np.ndarray]:
+    """The validation images as RGB arrays, and mirrored copies to have more of them."""
+    paths = sorted((root / "images" / "val").glob("*.jpg"))
+    images = [np.ascontiguousarray(cv2.imread(str(p))[..., ::-1]) for p in paths]
+    for _ in range(copies - 1):
+        images += [np.ascontiguousarray(im[:, ::-1]) for im in images[: len(paths)]]
+    return images
+
+
+@pytest.mark.parametrize("per_gpu", [1, 2])
+def test_image_threads_give_the_poses_of_one_image_at_a_time(setup, per_gpu: int) -> None:
+    """CPU_IMAGE_THREADS 2 runs each image's operations on one thread: the same operations as one image
+    at a time on one thread, so the same poses, in the input's order, with torch's threads restored."""
+    root, weights = setup
+    opts = [*OPTS, "DATASET.ROOT", str(root), "TEST.IMAGES_PER_GPU", str(per_gpu)]
+    one = PoseEstimator.from_config(TINY_HRNET, weights, opts=[*opts, "TEST.CPU_IMAGE_THREADS", "1"])
+    two = PoseEstimator(load_cfg(TINY_HRNET, *opts, "TEST.CPU_IMAGE_THREADS", "2"), one.model)
+    assert one.image_threads == 1 and two.image_threads == 2
+    images = _val_images(root, copies=2)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        expected = one.predict_rgb(images)
+        torch.set_num_threads(2)  # split between the two image threads: one each
+        got = two.predict_rgb(images)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert len(got) == len(images) and sum(len(poses) for poses, _ in got) > 0
+    for (poses_a, scores_a), (poses_b, scores_b) in zip(expected, got):
+        assert scores_a == scores_b
+        for a, b in zip(poses_a, poses_b):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_predict_stream_takes_images_as_threads_free_up(setup) -> None:
+    root, weights = setup
+    opts = [*OPTS, "DATASET.ROOT", str(root), "TEST.CPU_IMAGE_THREADS", "2"]
+    estimator = PoseEstimator.from_config(TINY_HRNET, weights, opts=opts)
+    images = _val_images(root, copies=4)
+    taken: list[int] = []
+
+    def source():
+        for i, image in enumerate(images):
+            taken.append(i)
+            yield image
+
+    stream = estimator.predict_stream(source())
+    first = next(stream)
+    assert len(taken) <= 2 * estimator.image_threads + 1 < len(images)  # at most two forwards a thread waiting
+    rest = list(stream)
+    assert len(taken) == len(images) == 1 + len(rest)
+    expected = estimator.predict_rgb(images[:1])[0]
+    assert first[1] == expected[1] and all(np.array_equal(a, b) for a, b in zip(first[0], expected[0]))
+
+
+def test_image_threads_setting(setup) -> None:
+    root, weights = setup
+    estimator = PoseEstimator.from_config(TINY_HRNET, weights, opts=[*OPTS, "DATASET.ROOT", str(root)])
+    assert estimator.image_threads == min(torch.get_num_threads(), 4)  # 0: automatic
+    assert PoseEstimator(estimator.cfg, lambda x: estimator.model(x)).image_threads == 1  # a plain callable
+
+    class Runtime(torch.nn.Module):  # as OnnxPoseNet: a module without parameters, the runtime's threads
+        def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+            return estimator.model(x)
+
+    assert PoseEstimator(estimator.cfg, Runtime()).image_threads == 1
+    bad = PoseEstimator(load_cfg(TINY_HRNET, *OPTS, "TEST.CPU_IMAGE_THREADS", "-1"), estimator.model)
+    with pytest.raises(ValueError, match="TEST.CPU_IMAGE_THREADS = -1"):
+        bad.predict_rgb(_val_images(root))
