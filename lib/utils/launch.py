@@ -43,8 +43,8 @@ def keep_freed_memory() -> bool:
 
     CPU PyTorch allocates every activation anew. By default glibc serves large blocks with ``mmap``
     and unmaps them when freed (and trims the heap top), so each forward page-faults its activations in
-    again, zero-filled by the kernel: on the quick-start validation a tenth of the time was system
-    time. Blocks up to 32 MiB now come from the heap, which keeps up to 1 GiB of free memory at its
+    again, zero-filled by the kernel: on the quick-start validation a tenth of the CPU time was
+    system time. Blocks up to 32 MiB now come from the heap, which keeps up to 1 GiB of free memory at its
     top; the process's peak memory is unchanged. It does what preloading jemalloc or tcmalloc does in
     PyTorch's CPU performance guide, without a library to install. Process-wide: for the CPU ranks of
     ``valid.py`` and ``dist_train.py``. Returns False (nothing changed) where the C library is not
