@@ -11,8 +11,8 @@ Everything but the images comes from the config, as in ``tools/valid.py``: the t
 ``TEST.SCALE_FACTOR`` (multi-scale), ``TEST.FLIP_TEST``, ``TEST.ADJUST`` / ``TEST.REFINE``, and
 ``TEST.IMAGES_PER_GPU`` images per forward (same-size images only). On the CPU a list of images is
 split over ``TEST.CPU_IMAGE_THREADS`` threads, each predicting its own images with a share of torch's
-threads: the small operations of one image keep two cores busier than two images one after the other
-(a single image, or one per call, runs as before). ``tools/valid.py``, ``demo.py`` and
+threads: two images side by side on one core each keep the cores busier than one image whose small
+operations are split across both (a single image runs on all of torch's threads). ``tools/valid.py``, ``demo.py`` and
 ``export_onnx.py`` predict through it.
 """
 

@@ -129,6 +129,7 @@ class Banded(NamedTuple):
 
     @classmethod
     def from_dense(cls, matrix: np.ndarray, device: torch.device | None = None) -> Banded:
+        """The blocks of a dense (n_out, n_in) matrix, each cut to the columns where it has nonzeros."""
         blocks = []
         for start in range(0, matrix.shape[0], _BAND_ROWS):
             rows = matrix[start : start + _BAND_ROWS]
