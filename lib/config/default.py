@@ -382,6 +382,8 @@ def check_config(cfg: CN, source: str = "config") -> None:
         )
     if cfg.TEST.IMAGES_PER_GPU < 1:
         _fail(source, "TEST.IMAGES_PER_GPU", cfg.TEST.IMAGES_PER_GPU, "must be at least 1")
+    if cfg.TEST.CPU_IMAGE_THREADS < 0:
+        _fail(source, "TEST.CPU_IMAGE_THREADS", cfg.TEST.CPU_IMAGE_THREADS, "must be >= 0 (0 = automatic)")
     if cfg.WORKERS < 0:
         _fail(source, "WORKERS", cfg.WORKERS, "must be >= 0")
     if cfg.TRAIN.NAN_POLICY not in ("stop", "skip"):

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from higherpose.core.group import HeatmapParser
-from higherpose.core.inference import _model_device, predict_images
+from higherpose.core.inference import predict_images
 from higherpose.dataset.specs import spec_from_cfg
 
 Image = Union[np.ndarray, str, os.PathLike]  # noqa: UP007 (a runtime alias; X | Y needs Python 3.10 objects)
@@ -90,14 +90,10 @@ class PoseEstimator:
         its parameters on the CPU (0: ``min(torch.get_num_threads(), 4)``); 1 on a GPU and for
         callables without parameters (:class:`~higherpose.core.onnx_export.OnnxPoseNet`: ONNX Runtime
         has its own threads)."""
-        if not isinstance(self.model, nn.Module) or next(self.model.parameters(), None) is None:
+        parameter = next(self.model.parameters(), None) if isinstance(self.model, nn.Module) else None
+        if parameter is None or parameter.device.type != "cpu":
             return 1
-        if _model_device(self.model).type != "cpu":
-            return 1
-        wanted = int(self.cfg.TEST.CPU_IMAGE_THREADS)
-        if wanted < 0:
-            raise ValueError(f"TEST.CPU_IMAGE_THREADS = {wanted}: use 0 (automatic) or a number of threads")
-        return wanted or min(torch.get_num_threads(), _AUTO_IMAGE_THREADS)
+        return int(self.cfg.TEST.CPU_IMAGE_THREADS) or min(torch.get_num_threads(), _AUTO_IMAGE_THREADS)
 
     @classmethod
     def from_config(

@@ -16,7 +16,7 @@ from torch import nn
 
 from higherpose.core.group import HeatmapParser
 from higherpose.core.layout import OutputLayout
-from higherpose.core.udp import forward_with_mirror, udp_resampled_maps
+from higherpose.core.udp import udp_multi_stage_outputs
 from higherpose.dataset.build import output_sizes
 from higherpose.dataset.transforms import IMAGENET_MEAN, IMAGENET_STD
 from higherpose.utils.transforms import get_multi_scale_size, resize_align_multi_scale, transform_preds
@@ -155,12 +155,11 @@ def _udp_outputs(
         dst_size = (int(round(base_size[0] / stride)), int(round(base_size[1] / stride)))
     # Input pixels per image pixel at this scale over those at scale 1 (get_affine_transform's factor).
     ratio = (x.shape[3] / float(scale[0])) / (base_size[0] / float(base_scale[0]))
-    outputs, mirrored = forward_with_mirror(model, x, cfg.TEST.FLIP_TEST)
-    return udp_resampled_maps(
+    return udp_multi_stage_outputs(
         layout,
-        outputs,
-        mirrored,
-        x.shape[2:],
+        model,
+        x,
+        cfg.TEST.FLIP_TEST,
         dst_size,
         stride,
         base_size,

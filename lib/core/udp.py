@@ -274,6 +274,9 @@ def udp_multi_stage_outputs(
     dst_stride: float,
     base_size: Sequence[int],
     ratio: float,
+    *,
+    with_tags: bool = True,
+    average_flip: bool = False,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Run the model on image (B, 3, H_i, W_i) (and its mirror, in the same batch) and resample every
     stage onto the destination grid ``dst_size = (W', H')`` whose pixel ``m`` is base-input pixel
@@ -284,11 +287,21 @@ def udp_multi_stage_outputs(
     Returns ``(heatmaps, tags)`` as :func:`~higherpose.core.inference.get_multi_stage_outputs`: the
     stage-averaged heatmaps (B, K, H', W') (and the flipped pass's), and the tag maps of the AE stages
     (and the flipped ones). The maps equal :func:`sample_grid` of each stage output (flipped back for
-    the mirrored pass) at the destination's source coordinates.
+    the mirrored pass) at the destination's source coordinates. ``with_tags`` and ``average_flip`` as
+    in :func:`udp_resampled_maps`.
     """
     outputs, mirrored = forward_with_mirror(model, image, with_flip)
     return udp_resampled_maps(
-        layout, outputs, mirrored, image.shape[2:], dst_size, dst_stride, base_size, ratio, with_tags=True
+        layout,
+        outputs,
+        mirrored,
+        image.shape[2:],
+        dst_size,
+        dst_stride,
+        base_size,
+        ratio,
+        with_tags=with_tags,
+        average_flip=average_flip,
     )
 
 

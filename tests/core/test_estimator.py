@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import higherpose
+from higherpose.config import ConfigError
 from higherpose.core.estimator import Person, PoseEstimator
 from higherpose.dataset import synthetic
 from higherpose.models import build_model
@@ -149,6 +150,5 @@ def test_image_threads_setting(setup) -> None:
             return estimator.model(x)
 
     assert PoseEstimator(estimator.cfg, Runtime()).image_threads == 1
-    bad = PoseEstimator(load_cfg(TINY_HRNET, *OPTS, "TEST.CPU_IMAGE_THREADS", "-1"), estimator.model)
-    with pytest.raises(ValueError, match="TEST.CPU_IMAGE_THREADS = -1"):
-        bad.predict_rgb(_val_images(root))
+    with pytest.raises(ConfigError, match="TEST.CPU_IMAGE_THREADS = -1"):
+        load_cfg(TINY_HRNET, *OPTS, "TEST.CPU_IMAGE_THREADS", "-1")
