@@ -1,6 +1,6 @@
 """HigherPose: bottom-up multi-person pose estimation (HigherHRNet + structure-aware head).
 
-``from higherpose import PoseEstimator`` is the inference API (:mod:`higherpose.core.estimator`); it
+``from higherpose import PoseEstimator`` is the inference API (:mod:`higherpose.apis.estimator`); it
 is imported on first use, so ``import higherpose.config`` stays light.
 """
 
@@ -12,7 +12,7 @@ __all__ = ["Person", "PoseEstimator", "__version__"]
 
 def __getattr__(name: str) -> Any:
     if name in ("PoseEstimator", "Person"):
-        from higherpose.core import estimator
+        from higherpose.apis import estimator
 
         return getattr(estimator, name)
     raise AttributeError(f"module 'higherpose' has no attribute {name!r}")

@@ -25,8 +25,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from higherpose.core.ablation import AblationError, Results, Run, plan, plot, run_opts, summary_table
-from higherpose.core.quickstart import DEFAULT_NPROC, REPO, SMOKE_TRAIN, SMOKE_VALID, StepError, make_data, pipeline
+from higherpose.studies.ablation import AblationError, Results, Run, plan, plot, run_opts, summary_table
+from higherpose.studies.quickstart import DEFAULT_NPROC, REPO, SMOKE_TRAIN, SMOKE_VALID, StepError, make_data, pipeline
 from higherpose.utils.atomic import atomic_write
 from higherpose.utils.meters import format_seconds
 

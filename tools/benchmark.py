@@ -2,7 +2,7 @@
 
     python tools/benchmark.py [--quick] [--only data core model train] [--output benchmark.json]
 
-Each section is a module ``higherpose.core.bench_<section>`` whose ``run(quick)`` returns rows
+Each section is a module ``higherpose.bench.<section>`` whose ``run(quick)`` returns rows
 ``{name, value, unit, detail}`` (medians over several repetitions after a warm-up). The table is
 printed as markdown and written, with the machine description, to a JSON file (atomically).
 """
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     failed: list[str] = []
     for section in args.only or SECTIONS:
         try:
-            module = importlib.import_module(f"higherpose.core.bench_{section}")
+            module = importlib.import_module(f"higherpose.bench.{section}")
         except ModuleNotFoundError as err:
             print(f"[benchmark] section {section}: not available ({err})", file=sys.stderr)
             failed.append(section)

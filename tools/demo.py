@@ -28,11 +28,11 @@ import cv2
 import numpy as np
 import torch
 
+from higherpose.apis.estimator import PoseEstimator, load_image
+from higherpose.apis.eval_model import load_eval_model
 from higherpose.config import ConfigError, update_config
 from higherpose.config import cfg as default_cfg
 from higherpose.config.cli import add_cfg_argument, add_overrides_argument
-from higherpose.core.estimator import PoseEstimator, load_image
-from higherpose.core.eval_model import load_eval_model
 from higherpose.core.evaluation import poses_to_coco_results, write_results_json
 from higherpose.dataset.specs import spec_from_cfg
 from higherpose.models import build_model

@@ -5,7 +5,7 @@
         TEST.MODEL_FILE models/pose_higher_hrnet_w32_512.pth
 
 The graph (one input ``image`` (B, 3, H, W) with dynamic batch, height and width; one output per
-stage, ``heatmaps_tags_1_4`` and ``heatmaps_1_2``) is described in ``higherpose.core.onnx_export``.
+stage, ``heatmaps_tags_1_4`` and ``heatmaps_1_2``) is described in ``higherpose.apis.onnx_export``.
 The check runs the exported file with onnxruntime (CPU) on a real image (``--image``; without it a
 generated test pattern, and the tool says so) resized as at test time, as a batch of two (the image
 and its mirror image) at a size other than the export example, prints the max abs difference per
@@ -14,7 +14,7 @@ with the config's test protocol) runs on the check image with each network: it e
 a different number of persons or a keypoint moves by more than ``--pose-tol`` pixels.
 
 Grouping on onnxruntime outputs: ``PoseEstimator(cfg, OnnxPoseNet("model.onnx"))``
-(``higherpose.core.onnx_export.OnnxPoseNet`` wraps the session).
+(``higherpose.apis.onnx_export.OnnxPoseNet`` wraps the session).
 """
 
 from __future__ import annotations
@@ -30,12 +30,12 @@ import cv2
 import numpy as np
 import torch
 
+from higherpose.apis.estimator import PoseEstimator
+from higherpose.apis.eval_model import load_eval_model
+from higherpose.apis.onnx_export import MIN_OPSET, OnnxPoseNet, check_batch, export_onnx, output_names, test_pattern
 from higherpose.config import ConfigError, update_config
 from higherpose.config import cfg as default_cfg
 from higherpose.config.cli import add_cfg_argument, add_overrides_argument
-from higherpose.core.estimator import PoseEstimator
-from higherpose.core.eval_model import load_eval_model
-from higherpose.core.onnx_export import MIN_OPSET, OnnxPoseNet, check_batch, export_onnx, output_names, test_pattern
 from higherpose.utils.checkpoint import CheckpointError
 
 

@@ -5,7 +5,7 @@
 
 Runs valid.py's test path (flip, multi-scale and every other ``TEST.*`` key of the config) once per
 test image and groups the aggregated heatmaps twice: by the tags, which is exactly what valid.py
-reports, and by the ground truth (:func:`higherpose.core.oracle.match_to_ground_truth`: each labelled
+reports, and by the ground truth (:func:`higherpose.studies.oracle.match_to_ground_truth`: each labelled
 joint takes the nearest detected candidate of its type, one-to-one). A small gap means the tags
 group well and the heatmaps limit the AP; a large one, that grouping does. Then, from the same
 ground-truth matching, a table per joint type and person size: the share of labelled joints found,
@@ -27,17 +27,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from higherpose.apis.eval_model import load_eval_model
 from higherpose.config import ConfigError, update_config
 from higherpose.config import cfg as default_cfg
 from higherpose.config.cli import add_cfg_argument, add_overrides_argument
-from higherpose.core.eval_model import load_eval_model
 from higherpose.core.evaluation import evaluate_keypoints, poses_to_coco_results
 from higherpose.core.group import HeatmapParser
 from higherpose.core.inference import ImageMaps, group_by_tags, image_maps
-from higherpose.core.oracle import as_grouping, keypoint_errors, match_to_ground_truth, summarize_errors
 from higherpose.core.validation import unwrap_test_sample
 from higherpose.dataset.annotations import AnnotationError
 from higherpose.dataset.build import make_test_dataloader
+from higherpose.studies.oracle import as_grouping, keypoint_errors, match_to_ground_truth, summarize_errors
 from higherpose.utils.atomic import write_json_atomic
 from higherpose.utils.checkpoint import CheckpointError
 from higherpose.utils.logging import create_logger

@@ -21,8 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-from higherpose.core import quickstart as steps
-from higherpose.core.quickstart import DEFAULT_NPROC, REPO, SMOKE_TRAIN, SMOKE_VALID, StepError, run_step
+from higherpose.studies import quickstart as steps
+from higherpose.studies.quickstart import DEFAULT_NPROC, REPO, SMOKE_TRAIN, SMOKE_VALID, StepError, run_step
 
 DEFAULT_CFG = "experiments/synthetic/higher_pose_tiny.yaml"
 # At most 15 minutes of training, so the whole command fits in about a quarter of an hour on a laptop CPU.
@@ -42,7 +42,7 @@ def pipeline(
     demo_images: int,
     nproc: int = DEFAULT_NPROC,
 ) -> dict:
-    """:func:`higherpose.core.quickstart.pipeline` with each step run by :data:`run`."""
+    """:func:`higherpose.studies.quickstart.pipeline` with each step run by :data:`run`."""
     return steps.pipeline(cfg, output, data_root, train_opts, valid_opts, demo_images, nproc, run=run)
 
 

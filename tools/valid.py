@@ -24,10 +24,10 @@ from typing import Any
 
 import torch
 
+from higherpose.apis.eval_model import load_eval_model
 from higherpose.config import ConfigError, update_config
 from higherpose.config import cfg as default_cfg
 from higherpose.config.cli import add_cfg_argument, add_overrides_argument
-from higherpose.core.eval_model import load_eval_model
 from higherpose.core.evaluation import print_name_value
 from higherpose.core.validation import ValidationError, run_validation
 from higherpose.dataset.annotations import AnnotationError

@@ -89,7 +89,7 @@ def _predict_share(
     cfg: Any, model: Any, output_dir: str, loader: Any, indices: list[int], ids: list, progress: _Progress, spec: Any
 ) -> tuple[list[tuple[int, list[dict]]], list[int]]:
     """This rank's images: ``([(image index, its result dicts)], unreadable image ids)``."""
-    from higherpose.core.estimator import PoseEstimator
+    from higherpose.apis.estimator import PoseEstimator
 
     estimator = PoseEstimator(cfg, model)
     save_every = max(1, int(cfg.PRINT_FREQ)) if cfg.DEBUG.DEBUG and du.is_main_process() else 0

@@ -3,7 +3,7 @@
 Same results as HigherHRNet's ``target_generators.py`` (integer-truncated centres, a ``6σ+3`` patch,
 max-merge of overlapping Gaussians, joints outside ``[0, R)`` skipped, ``v > 0`` counts as labelled),
 computed with array operations instead of the official Python loop over persons × joints. The plain
-loop lives in ``higherpose.core.reference`` as the reference these must equal.
+loop lives in ``higherpose.bench.reference`` as the reference these must equal.
 
 Joint arrays are ``(P, K, 3)`` = ``(x, y, v)`` in output-resolution pixels (``(P, K, 4)`` with a
 per-person sigma in column 3 for :class:`ScaleAwareHeatmapGenerator`).

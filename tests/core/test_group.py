@@ -1,5 +1,5 @@
 """HeatmapParser: the vectorised adjust / refine and the linear_sum_assignment matching equal HigherHRNet's
-loops (``higherpose.core.reference``); persons are kept apart even when their first tags collide."""
+loops (``higherpose.bench.reference``); persons are kept apart even when their first tags collide."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from higherpose.bench.reference import brute_force_assignment, ref_adjust, ref_match_by_tag, ref_refine
 from higherpose.core import group_refine
 from higherpose.core.group import HeatmapParser, Params, match_by_tag
-from higherpose.core.reference import brute_force_assignment, ref_adjust, ref_match_by_tag, ref_refine
 from tests.conftest import TINY_HRNET, load_cfg
 
 # ---------------------------------------------------------------- optimality of the assignment

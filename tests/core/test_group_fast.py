@@ -1,5 +1,5 @@
 """HeatmapParser.parse with its exact shortcuts (NMS only above the detection threshold, pruned refine)
-equals HigherHRNet's whole parse (``higherpose.core.reference.ref_parse``: max-pool NMS, top-k, the
+equals HigherHRNet's whole parse (``higherpose.bench.reference.ref_parse``: max-pool NMS, top-k, the
 dict-based matching, adjust, per-person full-map refine) on crowded, COCO-like, random and tied maps."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from higherpose.bench.core import coco_sample_maps, crowded_maps
+from higherpose.bench.reference import lsa_assignment, ref_match_by_tag, ref_parse, ref_refine, ref_top_k
 from higherpose.core import group_refine
-from higherpose.core.bench_core import coco_sample_maps, crowded_maps
 from higherpose.core.group import HeatmapParser
-from higherpose.core.reference import lsa_assignment, ref_match_by_tag, ref_parse, ref_refine, ref_top_k
 from tests.conftest import TINY_HRNET, W32_COCO_512, load_cfg
 from tests.core.test_group import make_maps
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from higherpose.bench.reference import loop_ae_loss
 from higherpose.core.loss import AELoss, HeatmapLoss, MultiLossFactory
-from higherpose.core.reference import loop_ae_loss
 from tests.conftest import TINY_HRNET, load_cfg
 
 

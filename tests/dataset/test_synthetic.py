@@ -12,9 +12,10 @@ import numpy as np
 import pycocotools.mask as mask_utils
 import pytest
 
-from higherpose.dataset import synthetic, synthetic_scene
+from higherpose.dataset import synthetic
 from higherpose.dataset.coco import CocoDataset, load_coco
 from higherpose.dataset.specs import COCO
+from higherpose.dataset.synthetic import scene as synthetic_scene
 
 
 def _digest(root: Path) -> dict[str, str]:

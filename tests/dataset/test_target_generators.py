@@ -1,4 +1,4 @@
-"""Vectorised target generators == HigherHRNet's loops (``higherpose.core.reference``), on random and real
+"""Vectorised target generators == HigherHRNet's loops (``higherpose.bench.reference``), on random and real
 joints."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from higherpose.core.reference import heatmaps_loop, heatmaps_udp_loop, joints_loop, joints_official
+from higherpose.bench.reference import heatmaps_loop, heatmaps_udp_loop, joints_loop, joints_official
 from higherpose.dataset.target_generators import HeatmapGenerator, JointsGenerator, ScaleAwareHeatmapGenerator
 
 

@@ -65,7 +65,7 @@ def test_readme_names_the_main_commands():
     assert {"dist_train", "valid", "demo", "export_onnx", "benchmark"} <= set(commands)
     assert {"--cfg", "--input", "--output", "--save-frames"} <= commands["demo"]
     assert "--world-size" in commands["dist_train"] and "--nproc" in commands["dist_train"]
-    assert ("higherpose.core.onnx_export", ["OnnxPoseNet"]) in readme_imports()
+    assert ("higherpose.apis.onnx_export", ["OnnxPoseNet"]) in readme_imports()
 
 
 def test_every_readme_script_exists_and_takes_its_flags():

@@ -31,7 +31,7 @@ HIP_HALF_WIDTH = (0.06, 0.08)
 # small figures.
 HEAD_RADIUS = (0.075, 0.085)
 # Head centre above the neck, in head radii: the head ellipse's lower edge (1.18 radii below its
-# centre, ``synthetic_draw.HEAD_ELONGATION``) then sits just above the neck.
+# centre, ``synthetic.draw.HEAD_ELONGATION``) then sits just above the neck.
 HEAD_ABOVE_NECK = 1.35
 # Largest sideways shift of the head off the body axis (H): a slight head tilt.
 MAX_HEAD_SHIFT = 0.015

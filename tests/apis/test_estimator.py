@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import higherpose
+from higherpose.apis.estimator import Person, PoseEstimator
 from higherpose.config import ConfigError
-from higherpose.core.estimator import Person, PoseEstimator
 from higherpose.dataset import synthetic
 from higherpose.models import build_model
 from tests.conftest import TINY_HRNET, load_cfg, load_tool

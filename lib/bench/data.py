@@ -2,12 +2,12 @@
 
 1. Target generation for one 512×512 training sample with 30 persons (heatmaps at 1/4 and 1/2
    resolution, the ignore mask from crowd / unlabelled-person polygons, AE joints): the vectorised
-   generators against HigherHRNet's per-person, per-joint loops (``higherpose.core.reference``, the
+   generators against HigherHRNet's per-person, per-joint loops (``higherpose.bench.reference``, the
    reference the tests hold the fast code to), outputs checked equal.
 2. ``__getitem__`` samples/s of the training dataset on the synthetic set at input 256 and 512,
    single process, one thread.
 
-    python -m higherpose.core.bench_data [--quick]   # this section alone; all: python tools/benchmark.py
+    python -m higherpose.bench.data [--quick]   # this section alone; all: python tools/benchmark.py
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from higherpose.core.reference import heatmaps_loop, joints_loop, mask_loop
+from higherpose.bench.reference import heatmaps_loop, joints_loop, mask_loop
 from higherpose.dataset.coco import get_mask
 from higherpose.dataset.target_generators import HeatmapGenerator, JointsGenerator
 

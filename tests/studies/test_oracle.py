@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from higherpose.core.group import HeatmapParser
-from higherpose.core.oracle import (
+from higherpose.dataset.specs import COCO
+from higherpose.studies.oracle import (
     SIZE_RANGES,
     group_by_ground_truth,
     keypoint_errors,
     match_to_ground_truth,
     summarize_errors,
 )
-from higherpose.dataset.specs import COCO
 from tests.conftest import TINY_HRNET, load_cfg
 
 K = 17

@@ -2,7 +2,7 @@
 (batched refine vs the official per-person refine; the whole parse vs the official parse on a crowded
 image and on the COCO sample images) and keypoint evaluation.
 
-    python -m higherpose.core.bench_core [--quick]   # this section alone; all: python tools/benchmark.py
+    python -m higherpose.bench.core [--quick]   # this section alone; all: python tools/benchmark.py
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from higherpose.core.reference import loop_ae_loss, ref_parse, ref_refine
+from higherpose.bench.reference import loop_ae_loss, ref_parse, ref_refine
 
 # The checkout the package is installed from (editable): its experiments/ and the sample data beside it.
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -13,7 +13,7 @@ import math
 import cv2
 import numpy as np
 
-from higherpose.dataset.synthetic_figure import ARMS, EARS, EYES, LEGS, NOSE
+from higherpose.dataset.synthetic.figure import ARMS, EARS, EYES, LEGS, NOSE
 
 # Layer-map values of the crowd and of occluders: above any labelled figure's 1..n.
 CROWD_LAYER = 254

@@ -18,9 +18,9 @@ import shutil
 import cv2
 
 from higherpose.dataset.specs import COCO
-from higherpose.dataset.synthetic_annotate import PERSON_CATEGORY
-from higherpose.dataset.synthetic_scene import DEFAULT_CONFIG, SyntheticConfig, render_image
-from higherpose.dataset.synthetic_stats import format_stats, split_stats
+from higherpose.dataset.synthetic.annotate import PERSON_CATEGORY
+from higherpose.dataset.synthetic.scene import DEFAULT_CONFIG, SyntheticConfig, render_image
+from higherpose.dataset.synthetic.stats import format_stats, split_stats
 from higherpose.utils.atomic import atomic_write
 
 # The splits of the set, in the order they are written.

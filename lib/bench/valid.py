@@ -22,7 +22,7 @@ also runs the valid.py command itself with ``--nproc 1`` and ``--nproc 2`` (shar
 rate of its validation loop as it reports it, and that of the whole command's wall clock (process
 start, model loading and evaluation included).
 
-    python -m higherpose.core.bench_valid [--quick]   # this section alone; all: python tools/benchmark.py
+    python -m higherpose.bench.valid [--quick]   # this section alone; all: python tools/benchmark.py
 """
 
 from __future__ import annotations
@@ -93,10 +93,10 @@ def _timed_stages(model: Any) -> Iterator[dict[str, float]]:
 def _measure(cfg_path: Path, opts: list[str], images: int, weights: Path | None) -> dict[str, float]:
     """images/s of run_validation on the first ``images`` test images (after a one-image warm-up) and
     the seconds per image of network, resampling and grouping."""
+    from higherpose.apis.estimator import PoseEstimator
+    from higherpose.apis.eval_model import load_eval_model
     from higherpose.config import cfg as default_cfg
     from higherpose.config import update_config
-    from higherpose.core.estimator import PoseEstimator
-    from higherpose.core.eval_model import load_eval_model
     from higherpose.core.validation import run_validation
     from higherpose.utils.launch import keep_freed_memory
 

@@ -2,7 +2,7 @@
 
 An ablation is every (config, test input size, seed) combination, each trained for the same number
 of steps and validated with the same protocol. ``tools/ablation.py`` trains the runs through the
-quick start's :func:`~higherpose.core.quickstart.pipeline`; this module plans them, records each
+quick start's :func:`~higherpose.studies.quickstart.pipeline`; this module plans them, records each
 finished run in ``results.json`` (written atomically after every run, so an interrupted ablation
 continues where it stopped and a finished one re-prints without training) and summarises them:
 mean ± sample standard deviation over seeds per (config, size), and the paired difference of each

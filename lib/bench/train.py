@@ -11,7 +11,7 @@
 
 Data: a small synthetic set generated in a temporary folder (``higherpose.dataset.synthetic``).
 
-    python -m higherpose.core.bench_train [--quick]   # this section alone; all: python tools/benchmark.py
+    python -m higherpose.bench.train [--quick]   # this section alone; all: python tools/benchmark.py
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from higherpose.core.ablation import (
+from higherpose.studies.ablation import (
     AblationError,
     Results,
     Run,

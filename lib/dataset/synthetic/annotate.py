@@ -1,6 +1,6 @@
 """COCO annotations of a rendered synthetic image, read off its layer map.
 
-The layer map ``ids`` (H, W) uint8 says who owns each pixel after drawing (``synthetic_draw``), so
+The layer map ``ids`` (H, W) uint8 says who owns each pixel after drawing (``synthetic.draw``), so
 a figure's segmentation is its visible region, and a joint is visible (``v=2``) where the figure
 owns most of the pixels around it; an occluded joint is usually still labelled (``v=1``), as COCO's
 annotators did, and otherwise left out (``v=0``), as are joints outside the image.
@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pycocotools.mask as mask_utils
 
-from higherpose.dataset.synthetic_figure import NUM_JOINTS
+from higherpose.dataset.synthetic.figure import NUM_JOINTS
 
 # COCO's person category id, the only category of the set.
 PERSON_CATEGORY = 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from higherpose.core.onnx_export import export_onnx
+from higherpose.apis.onnx_export import export_onnx
 from higherpose.models import build_model
 from tests.conftest import TINY_HRNET, load_cfg
 

@@ -17,23 +17,23 @@ and the same images, whatever the number of processes.
 
 This module is the public entry point; the work is done by one module per job:
 
-- ``synthetic_figure``: joint positions of a figure;
-- ``synthetic_draw``: drawing figures, backgrounds and occluders, with the layer map of who owns a pixel;
-- ``synthetic_annotate``: COCO annotations read off the layer map;
-- ``synthetic_scene``: one image (``render_image``) and the generator's knobs (``SyntheticConfig``);
-- ``synthetic_write``: images and json on disk (``generate``, ``ensure_synthetic``);
-- ``synthetic_stats``: what a split holds (``split_stats``).
+- ``synthetic.figure``: joint positions of a figure;
+- ``synthetic.draw``: drawing figures, backgrounds and occluders, with the layer map of who owns a pixel;
+- ``synthetic.annotate``: COCO annotations read off the layer map;
+- ``synthetic.scene``: one image (``render_image``) and the generator's knobs (``SyntheticConfig``);
+- ``synthetic.write``: images and json on disk (``generate``, ``ensure_synthetic``);
+- ``synthetic.stats``: what a split holds (``split_stats``).
 
 ``tools/make_synthetic.py`` is the command line over :func:`ensure_synthetic`.
 """
 
 from __future__ import annotations
 
-from higherpose.dataset.synthetic_draw import background, draw_figure, draw_occluder
-from higherpose.dataset.synthetic_figure import figure_joints
-from higherpose.dataset.synthetic_scene import DEFAULT_CONFIG, SPLIT_CODES, SyntheticConfig, render_image
-from higherpose.dataset.synthetic_stats import format_stats, split_stats
-from higherpose.dataset.synthetic_write import (
+from higherpose.dataset.synthetic.draw import background, draw_figure, draw_occluder
+from higherpose.dataset.synthetic.figure import figure_joints
+from higherpose.dataset.synthetic.scene import DEFAULT_CONFIG, SPLIT_CODES, SyntheticConfig, render_image
+from higherpose.dataset.synthetic.stats import format_stats, split_stats
+from higherpose.dataset.synthetic.write import (
     DEFAULT_NUM_TRAIN,
     DEFAULT_NUM_VAL,
     DEFAULT_SEED,

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from higherpose.dataset.synthetic_annotate import crowd_annotation, person_annotation
-from higherpose.dataset.synthetic_draw import CROWD_LAYER, background, draw_figure, draw_occluder
-from higherpose.dataset.synthetic_figure import LEGS, figure_joints
+from higherpose.dataset.synthetic.annotate import crowd_annotation, person_annotation
+from higherpose.dataset.synthetic.draw import CROWD_LAYER, background, draw_figure, draw_occluder
+from higherpose.dataset.synthetic.figure import LEGS, figure_joints
 
 # Each split's part of the random seed, so train and val images differ for the same seed and index.
 SPLIT_CODES = {"train": 1, "val": 2}
@@ -118,7 +118,7 @@ def render_image(
     sizes = np.arange(cfg.min_size, cfg.max_size + 1, SIZE_STEP)
     h, w = int(rng.choice(sizes)), int(rng.choice(sizes))
     canvas = background(rng, h, w)
-    ids = np.zeros((h, w), np.uint8)  # the layer map (synthetic_draw)
+    ids = np.zeros((h, w), np.uint8)  # the layer map (synthetic.draw)
     anns: list[dict] = []
 
     # The crowd is "far away", behind everyone, so it is drawn first.

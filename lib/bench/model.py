@@ -5,7 +5,7 @@ so the peak-RSS delta (peak resident memory during the timed passes minus the re
 building the model) belongs to that case alone. ``quick`` uses the tiny synthetic configs at 128 and
 256; the full run uses the W32 COCO configs at 256 and 512.
 
-    python -m higherpose.core.bench_model [--quick]   # this section alone; all: python tools/benchmark.py
+    python -m higherpose.bench.model [--quick]   # this section alone; all: python tools/benchmark.py
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from higherpose.core.eval_model import find_weights, load_eval_model
+from higherpose.apis.eval_model import find_weights, load_eval_model
 from higherpose.utils.checkpoint import CheckpointError
 from tests.conftest import TINY_HRNET, load_cfg
 

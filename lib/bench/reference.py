@@ -4,7 +4,7 @@ Plain Python over persons × joints, copied from the official code with the devi
 names (devices instead of ``.cuda()``, compacted person rows in :func:`joints_loop`). Training and
 inference never run them: the tests hold the fast code to them (``higherpose.dataset.target_generators``,
 ``higherpose.dataset.coco.get_mask``, ``higherpose.core.group``, ``higherpose.core.loss``) and the
-benchmark sections (``core/bench_core.py``, ``core/bench_data.py``, run by tools/benchmark.py) time them.
+benchmark sections (``bench/core.py``, ``bench/data.py``, run by tools/benchmark.py) time them.
 """
 
 from __future__ import annotations

@@ -75,7 +75,7 @@ class PoseEstimator:
     Args:
         cfg: the merged config (its ``TEST.*``, ``DATASET.*`` and ``MODEL.*``).
         model: the network in eval mode on its device, or any callable ``(B, 3, H, W) tensor -> list of
-            stage outputs`` (e.g. :class:`~higherpose.core.onnx_export.OnnxPoseNet`).
+            stage outputs`` (e.g. :class:`~higherpose.apis.onnx_export.OnnxPoseNet`).
     """
 
     def __init__(self, cfg: Any, model: nn.Module | Callable[[torch.Tensor], Any]):
@@ -88,7 +88,7 @@ class PoseEstimator:
     def image_threads(self) -> int:
         """Images :meth:`predict_rgb` runs side by side: ``TEST.CPU_IMAGE_THREADS`` for a network with
         its parameters on the CPU (0: ``min(torch.get_num_threads(), 4)``); 1 on a GPU and for
-        callables without parameters (:class:`~higherpose.core.onnx_export.OnnxPoseNet`: ONNX Runtime
+        callables without parameters (:class:`~higherpose.apis.onnx_export.OnnxPoseNet`: ONNX Runtime
         has its own threads)."""
         parameter = next(self.model.parameters(), None) if isinstance(self.model, nn.Module) else None
         if parameter is None or parameter.device.type != "cpu":
@@ -107,9 +107,9 @@ class PoseEstimator:
         """Build the network of ``config`` (a YAML path or a config object; ``opts``: ``KEY VALUE``
         overrides) and load ``weights`` (default ``TEST.MODEL_FILE``) strictly, on ``device``
         (default ``DEVICE``: CUDA when available). ``random_weights``: no weights (smoke runs only)."""
+        from higherpose.apis.eval_model import load_eval_model
         from higherpose.config import cfg as default_cfg
         from higherpose.config import update_config
-        from higherpose.core.eval_model import load_eval_model
 
         extra = [str(o) for o in opts]
         if weights is not None:
