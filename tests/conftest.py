@@ -55,3 +55,24 @@ def load_tool(name: str):
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture
+def perfect_model(monkeypatch) -> list:
+    """A list to fill with ``(RGB picture, annotations)``: every network that
+    :func:`~higherpose.apis.eval_model.load_eval_model` builds (valid.py, demo.py,
+    ``PoseEstimator.from_config``) loads its weights strictly, then outputs the perfect heatmaps and
+    tags of those annotations for those pictures (:class:`tests.core.test_inference.PerfectModel`)."""
+    from higherpose.apis import eval_model
+    from tests.core.test_inference import PerfectModel
+
+    samples: list = []
+    build = eval_model.build_model
+
+    def build_perfect(cfg, is_train=False):
+        model = build(cfg, is_train=is_train)
+        model.forward = PerfectModel(cfg, samples).forward
+        return model
+
+    monkeypatch.setattr(eval_model, "build_model", build_perfect)
+    return samples

@@ -31,7 +31,6 @@ from higherpose.config.cli import add_cfg_argument, add_overrides_argument
 from higherpose.core.evaluation import print_name_value
 from higherpose.core.validation import ValidationError, run_validation
 from higherpose.dataset.annotations import AnnotationError
-from higherpose.models import build_model
 from higherpose.utils import distributed as du
 from higherpose.utils import launch
 from higherpose.utils.atomic import write_json_atomic
@@ -60,10 +59,10 @@ def load_config(args: argparse.Namespace) -> Any:
 def _load_on_every_rank(cfg: Any, output_dir: str, device: Any, logger: Any, rank: int, world_size: int) -> tuple:
     """:func:`load_eval_model`; in a group every rank stops with the errors of all when one cannot load."""
     if world_size == 1:
-        return load_eval_model(cfg, output_dir, build=build_model, device=device, log=logger, optimize=True)
+        return load_eval_model(cfg, output_dir, device=device, log=logger, optimize=True)
     loaded, error = None, None
     try:
-        loaded = load_eval_model(cfg, output_dir, build=build_model, device=device, log=logger, optimize=True)
+        loaded = load_eval_model(cfg, output_dir, device=device, log=logger, optimize=True)
     except ERRORS as err:
         error = f"rank {rank}: {err}"
     errors = [e for e in du.all_gather_objects(error) if e]

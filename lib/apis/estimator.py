@@ -10,21 +10,15 @@
 Everything but the images comes from the config, as in ``tools/valid.py``: the test input size,
 ``TEST.SCALE_FACTOR`` (multi-scale), ``TEST.FLIP_TEST``, ``TEST.ADJUST`` / ``TEST.REFINE``, and
 ``TEST.IMAGES_PER_GPU`` images per forward (same-size images only). On the CPU a list of images is
-split over ``TEST.CPU_IMAGE_THREADS`` threads, each predicting its own images with a share of torch's
-threads: two images side by side on one core each keep the cores busier than one image whose small
-operations are split across both (a single image runs on all of torch's threads). ``tools/valid.py``, ``demo.py`` and
-``export_onnx.py`` predict through it.
+split over ``TEST.CPU_IMAGE_THREADS`` threads (:class:`~higherpose.core.predictor.Predictor`, which
+``tools/valid.py`` runs too). ``demo.py`` and ``export_onnx.py`` predict through it.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -33,13 +27,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from higherpose.core.group import HeatmapParser
-from higherpose.core.inference import predict_images
+from higherpose.core.predictor import Predictor
 from higherpose.dataset.specs import spec_from_cfg
 
 Image = Union[np.ndarray, str, os.PathLike]  # noqa: UP007 (a runtime alias; X | Y needs Python 3.10 objects)
-
-_AUTO_IMAGE_THREADS = 4  # TEST.CPU_IMAGE_THREADS = 0: at most this many images in flight (memory)
 
 
 @dataclass(frozen=True)
@@ -69,7 +60,7 @@ def load_image(image: Image) -> np.ndarray:
     return np.ascontiguousarray(image[..., ::-1])
 
 
-class PoseEstimator:
+class PoseEstimator(Predictor):
     """Multi-person poses for images; see the module docstring.
 
     Args:
@@ -79,21 +70,9 @@ class PoseEstimator:
     """
 
     def __init__(self, cfg: Any, model: nn.Module | Callable[[torch.Tensor], Any]):
-        self.cfg, self.model = cfg, model
-        self.parser = HeatmapParser(cfg)
+        super().__init__(cfg, model)
         spec = spec_from_cfg(cfg)
         self.keypoint_names: tuple[str, ...] = tuple(spec.joint_names)[: self.parser.params.num_joints]
-
-    @property
-    def image_threads(self) -> int:
-        """Images :meth:`predict_rgb` runs side by side: ``TEST.CPU_IMAGE_THREADS`` for a network with
-        its parameters on the CPU (0: ``min(torch.get_num_threads(), 4)``); 1 on a GPU and for
-        callables without parameters (:class:`~higherpose.apis.onnx_export.OnnxPoseNet`: ONNX Runtime
-        has its own threads)."""
-        parameter = next(self.model.parameters(), None) if isinstance(self.model, nn.Module) else None
-        if parameter is None or parameter.device.type != "cpu":
-            return 1
-        return int(self.cfg.TEST.CPU_IMAGE_THREADS) or min(torch.get_num_threads(), _AUTO_IMAGE_THREADS)
 
     @classmethod
     def from_config(
@@ -125,41 +104,6 @@ class PoseEstimator:
         model, _, _ = load_eval_model(cfg, random_weights=random_weights, device=device, optimize=True)
         return cls(cfg, model)
 
-    def predict_rgb(self, images_rgb: Sequence[np.ndarray]) -> list[tuple[list[np.ndarray], list[float]]]:
-        """Per RGB uint8 image (H, W, 3): ``(poses, scores)`` with ``poses[p]`` (K, 3 + L) = (x, y,
-        heat value, tags...) in image pixels, as :func:`~higherpose.core.inference.predict_image`."""
-        return list(self.predict_stream(images_rgb))
-
-    def predict_stream(self, images_rgb: Iterable[np.ndarray]) -> Iterator[tuple[list[np.ndarray], list[float]]]:
-        """:meth:`predict_rgb` for an iterable of any length, one result at a time in its order. Images
-        are taken from it as threads become free (at most two forwards a thread waiting), so a data set
-        streams through without being held in memory.
-
-        With several image threads torch's thread setting is lowered until the generator is exhausted
-        or closed (see ``TEST.CPU_IMAGE_THREADS``)."""
-        batch = max(1, int(self.cfg.TEST.IMAGES_PER_GPU))
-        jobs = _chunks(iter(images_rgb), batch)
-
-        def predict(job: list[np.ndarray]) -> list[tuple[list[np.ndarray], list[float]]]:
-            with torch.inference_mode():  # per thread: grad mode is thread-local
-                return predict_images(self.cfg, self.model, job, self.parser, batch)
-
-        threads = self.image_threads
-        first = list(itertools.islice(jobs, 2))
-        jobs = itertools.chain(first, jobs)
-        if threads == 1 or len(first) < 2:  # one forward: all of torch's threads on it
-            for job in jobs:
-                yield from predict(job)
-            return
-        with _torch_threads(max(1, torch.get_num_threads() // threads)), ThreadPoolExecutor(threads) as pool:
-            waiting: deque[Future] = deque()
-            for job in jobs:
-                waiting.append(pool.submit(predict, job))
-                if len(waiting) >= 2 * threads:
-                    yield from waiting.popleft().result()
-            while waiting:
-                yield from waiting.popleft().result()
-
     def __call__(self, images: Image | Sequence[Image]) -> list[Person] | list[list[Person]]:
         """The persons of one image (a BGR array or a path), or a list of them per image of a list."""
         single = isinstance(images, (np.ndarray, str, os.PathLike))
@@ -172,20 +116,3 @@ class PoseEstimator:
             for r in self.predict_rgb([load_image(image) for image in batch])
         ]
         return found[0] if single else found
-
-
-def _chunks(items: Iterator[np.ndarray], size: int) -> Iterator[list[np.ndarray]]:
-    while chunk := list(itertools.islice(items, size)):
-        yield chunk
-
-
-@contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    """torch's intra-op threads set to ``n`` for threads started inside the block (a thread takes the
-    setting when it first runs an operation), restored after. Process-wide while it lasts."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

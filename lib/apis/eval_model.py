@@ -67,7 +67,7 @@ def load_eval_model(
     *,
     random_weights: bool = False,
     device: str | torch.device | None = None,
-    build: Callable[..., nn.Module] = build_model,
+    build: Callable[..., nn.Module] | None = None,
     log: logging.Logger | None = None,
     optimize: bool = False,
 ) -> tuple[nn.Module, str | None, torch.device]:
@@ -80,7 +80,8 @@ def load_eval_model(
         random_weights: with ``TEST.MODEL_FILE`` empty, keep the untrained network (a loud warning on
             stderr) instead of looking for weights.
         device: where the model goes; None: ``DEVICE`` ('' = CUDA when available).
-        build: the network's constructor ``(cfg, is_train) -> nn.Module``.
+        build: the network's constructor ``(cfg, is_train) -> nn.Module`` (default
+            :func:`~higherpose.models.build_model`, looked up when called).
         log: where the parameter count and the weights path are logged (default: this module's logger).
         optimize: a network for inference only, faster with the same outputs up to float rounding:
             BatchNorm folded into the convolutions (:func:`~higherpose.models.fuse.fold_batchnorm`;
@@ -97,7 +98,7 @@ def load_eval_model(
     torch.backends.cudnn.deterministic = cfg.CUDNN.DETERMINISTIC
     torch.backends.cudnn.enabled = cfg.CUDNN.ENABLED
     device = resolve_device(cfg.DEVICE) if device is None else torch.device(device)
-    model = build(cfg, is_train=False)
+    model = (build or build_model)(cfg, is_train=False)
     log.info("=> %s: %.2fM parameters", cfg.MODEL.NAME, sum(p.numel() for p in model.parameters()) / 1e6)
     weights = None
     if cfg.TEST.MODEL_FILE or not random_weights:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from higherpose.core.inference import eval_input_size
+from higherpose.core.protocol import eval_input_size
 from higherpose.dataset.transforms import IMAGENET_MEAN, IMAGENET_STD
 from higherpose.utils.atomic import atomic_write
 from higherpose.utils.transforms import resize_align_multi_scale

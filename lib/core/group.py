@@ -32,9 +32,8 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
-from higherpose.core import group_refine
+from higherpose.core.group_refine import NP_FLOATS, adjust_people, np_mean0, refine_people
 from higherpose.core.layout import OutputLayout
-from higherpose.core.udp import taylor_offsets
 from higherpose.dataset.specs import spec_from_cfg
 
 
@@ -77,14 +76,6 @@ class Params:
         )
 
 
-def _np_mean0(rows: list[np.ndarray]) -> np.ndarray:
-    """``np.mean(rows, axis=0)`` by the same two ufunc calls numpy's ``_mean`` makes (bit-identical),
-    without its Python overhead. rows: a list of (L,) float arrays."""
-    arr = np.asanyarray(rows)
-    total = np.add.reduce(arr, axis=0)
-    return np.true_divide(total, np.intp(arr.shape[0]), out=total, casting="unsafe", subok=False)
-
-
 def match_by_tag(tag_k: np.ndarray, loc_k: np.ndarray, val_k: np.ndarray, params: Params) -> np.ndarray:
     """Group one image's candidates into persons.
 
@@ -107,7 +98,7 @@ def match_by_tag(tag_k: np.ndarray, loc_k: np.ndarray, val_k: np.ndarray, params
 
     def mean_tag(p: int) -> np.ndarray:
         if means[p] is None:
-            means[p] = _np_mean0(person_tags[p])
+            means[p] = np_mean0(person_tags[p])
         return means[p]
 
     for i, idx in enumerate(params.joint_order):
@@ -157,12 +148,22 @@ class HeatmapParser:
 
     def __init__(self, cfg: Any):
         layout = OutputLayout.from_config(cfg)
-        self.params = Params.from_cfg(cfg, layout)
-        self.tag_per_joint = layout.tag_per_joint
-        self.pool = torch.nn.MaxPool2d(cfg.TEST.NMS_KERNEL, 1, cfg.TEST.NMS_PADDING)
-        self.nms_kernel, self.nms_padding = cfg.TEST.NMS_KERNEL, cfg.TEST.NMS_PADDING
+        self._setup(Params.from_cfg(cfg, layout), layout.tag_per_joint, cfg.TEST.NMS_KERNEL, cfg.TEST.NMS_PADDING)
         # DATASET.USE_UDP: Taylor sub-pixel offsets without HigherHRNet's +0.5 and quarter shift.
         self.udp = bool(cfg.DATASET.USE_UDP)
+
+    @classmethod
+    def from_protocol(cls, protocol: Any) -> HeatmapParser:
+        """The parser of a :class:`~higherpose.core.protocol.TestProtocol` (no config read)."""
+        parser = cls.__new__(cls)
+        parser._setup(protocol.grouping, protocol.layout.tag_per_joint, protocol.nms_kernel, protocol.nms_padding)
+        parser.udp = protocol.udp
+        return parser
+
+    def _setup(self, params: Params, tag_per_joint: bool, nms_kernel: int, nms_padding: int) -> None:
+        self.params, self.tag_per_joint = params, tag_per_joint
+        self.pool = torch.nn.MaxPool2d(nms_kernel, 1, nms_padding)
+        self.nms_kernel, self.nms_padding = nms_kernel, nms_padding
 
     def nms(self, det: torch.Tensor) -> torch.Tensor:
         """Keep local maxima of det (B, K, H, W), zero elsewhere."""
@@ -195,7 +196,7 @@ class HeatmapParser:
         leave torch.topk's order to its tie rule, that joint takes the dense path (:meth:`top_k`)."""
         thr = self.params.detection_threshold
         window_ok = 2 * self.nms_padding == self.nms_kernel - 1
-        if det.device.type != "cpu" or not window_ok or not thr >= 0 or det.dtype not in _NP_FLOATS:
+        if det.device.type != "cpu" or not window_ok or not thr >= 0 or det.dtype not in NP_FLOATS:
             return self.top_k(det, tag)
         num_images, num_joints, h, w = det.shape
         t = self.params.max_num_people
@@ -240,13 +241,13 @@ class HeatmapParser:
     def adjust(ans: list[np.ndarray], det: torch.Tensor) -> list[np.ndarray]:
         """Shift every detected joint by +-0.25 toward its larger horizontal / vertical neighbour in the
         un-suppressed det (B, K, H, W) (ties -> -0.25), then +0.5. ans: per image (P, K, 3+L), in place."""
-        return _adjust(ans, det, udp=False)
+        return adjust_people(ans, det, udp=False)
 
     @staticmethod
     def adjust_udp(ans: list[np.ndarray], det: torch.Tensor) -> list[np.ndarray]:
         """``DATASET.USE_UDP``'s adjust: every detected joint moves by the Taylor offset of its peak in
         det (B, K, H, W) (:func:`~higherpose.core.udp.taylor_offsets`), no +0.5. ans: in place."""
-        return _adjust(ans, det, udp=True)
+        return adjust_people(ans, det, udp=True)
 
     def refine(self, det: torch.Tensor, tag: torch.Tensor, keypoints: np.ndarray) -> np.ndarray:
         """Fill the missing joints of each person. det: (K, H, W); tag: (K or 1, H, W, L) (or (K, H, W));
@@ -254,7 +255,7 @@ class HeatmapParser:
         single = keypoints.ndim == 2
         people = keypoints[None] if single else keypoints
         if people.shape[0]:
-            _refine_people(det, tag, people, self.params.num_joints, self.udp)
+            refine_people(det, tag, people, self.params.num_joints, self.udp)
         return people[0] if single else people
 
     def parse_batch(
@@ -269,7 +270,7 @@ class HeatmapParser:
         if refine:
             for b, people in enumerate(ans):
                 if people.shape[0]:
-                    _refine_people(det[b], tag[b], people, self.params.num_joints, self.udp)
+                    refine_people(det[b], tag[b], people, self.params.num_joints, self.udp)
         return ans, scores
 
     def parse(
@@ -281,9 +282,6 @@ class HeatmapParser:
         pixels; ``scores`` are image 0's person scores (HigherHRNet's return shape)."""
         grouped, scores = self.parse_batch(det, tag, adjust, refine)
         return grouped, scores[0]
-
-
-_NP_FLOATS = (torch.float16, torch.float32, torch.float64)
 
 
 def _np_dtype(dtype: torch.dtype) -> np.dtype:
@@ -364,129 +362,3 @@ def _separable_max(x: torch.Tensor, k: int, p: int) -> torch.Tensor:
     for i in range(1, k):
         torch.maximum(out, y[..., i : i + h, :], out=out)
     return out
-
-
-def _quarter_shifts(
-    det: torch.Tensor, joint: np.ndarray, row: np.ndarray, col: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """+0.25 where the right (lower) neighbour of ``det[joint, row, col]`` is larger than the left (upper)
-    one, else -0.25 (borders clamped); det: (K, H, W) on any device; indices: (n,) -> two (n,) arrays."""
-    _, h, w = det.shape
-    dev = det.device
-    j = torch.as_tensor(joint, dtype=torch.long, device=dev)
-    r = torch.as_tensor(row, dtype=torch.long, device=dev)
-    c = torch.as_tensor(col, dtype=torch.long, device=dev)
-    right = det[j, r, (c + 1).clamp(max=w - 1)]
-    left = det[j, r, (c - 1).clamp(min=0)]
-    down = det[j, (r + 1).clamp(max=h - 1), c]
-    up = det[j, (r - 1).clamp(min=0), c]
-    signs = torch.stack((right > left, down > up)).cpu().numpy()
-    sx, sy = np.where(signs, 0.25, -0.25)
-    return sx, sy
-
-
-def _subpixel(
-    det: torch.Tensor, joint: np.ndarray, row: np.ndarray, col: np.ndarray, udp: bool
-) -> tuple[np.ndarray, np.ndarray]:
-    """Decoded ``(x, y)`` of the peaks ``det[joint, row, col]`` (det (K, H, W)): HigherHRNet's
-    ``peak + 0.5 ± 0.25``, or with ``udp`` the peak plus its Taylor offset."""
-    if udp:
-        ox, oy = taylor_offsets(det, joint, row, col)
-    else:
-        ox, oy = _quarter_shifts(det, joint, row, col)
-        ox, oy = ox + 0.5, oy + 0.5
-    return col + ox, row + oy
-
-
-def _adjust(ans: list[np.ndarray], det: torch.Tensor, udp: bool) -> list[np.ndarray]:
-    """Move every detected joint of ``ans`` (per image (P, K, 3+L), in place) from its peak pixel to
-    its decoded position in det (B, K, H, W)."""
-    for b, people in enumerate(ans):
-        p_idx, j_idx = np.nonzero(people[:, :, 2] > 0)
-        if p_idx.size == 0:
-            continue
-        col = people[p_idx, j_idx, 0].astype(np.int64)
-        row = people[p_idx, j_idx, 1].astype(np.int64)
-        people[p_idx, j_idx, 0], people[p_idx, j_idx, 1] = _subpixel(det[b], j_idx, row, col, udp)
-    return ans
-
-
-# Upper bound on elements of one batched distance map (missing joints x H x W) in refine.
-_REFINE_CHUNK = 1 << 22
-
-
-def _refine_people(
-    det: torch.Tensor, tag: torch.Tensor, people: np.ndarray, num_joints: int, udp: bool = False
-) -> None:
-    """Vectorised HigherHRNet ``refine`` for all persons of one image, in place.
-
-    det: (K, H, W); tag: (K or 1, H, W, L) or (K, H, W); people: (P, K, 3+L). A missing joint j of
-    person p goes to ``argmax(det[j] - round(||tag[j] - mean_tag[p]||))`` (+0.5 and the quarter shift;
-    ``udp``: the Taylor offset) when the det value there is > 0. Only missing joints are evaluated (the
-    official evaluated all K and kept the missing ones: same result).
-    """
-    if tag.dim() == 3:
-        tag = tag[..., None]
-    if tag.size(0) != num_joints:  # one tag map shared by all joints (TAG_PER_JOINT False)
-        tag = tag.expand(num_joints, -1, -1, -1)
-    k, h, w = det.shape
-    detected = people[:, :, 2] > 0  # (P, K)
-    has_any = detected.any(axis=1)
-    missing = (people[:, :, 2] == 0) & has_any[:, None]
-    if not missing.any():
-        return
-
-    # Mean tag of each person's detected joints, sampled at the truncated positions (float32 numpy,
-    # exactly as the official np.mean over the list of sampled tags). Truncating peak + 0.5 +- 0.25
-    # gives the peak pixel back; a UDP position (peak + Taylor offset in (-0.5, 0.5)) needs rounding.
-    xy = np.floor(people[:, :, :2] + 0.5).astype(np.int32) if udp else people[:, :, :2].astype(np.int32)
-    p_det, j_det = np.nonzero(detected)
-    sampled = tag[
-        torch.as_tensor(j_det, device=tag.device),
-        torch.as_tensor(xy[p_det, j_det, 1], dtype=torch.long, device=tag.device),
-        torch.as_tensor(xy[p_det, j_det, 0], dtype=torch.long, device=tag.device),
-    ]
-    sampled = sampled.detach().cpu().numpy()
-    prev_tags = np.zeros((people.shape[0], tag.size(3)), dtype=sampled.dtype)
-    for p in np.nonzero(has_any)[0]:
-        prev_tags[p] = _np_mean0(sampled[p_det == p])
-
-    p_mis, j_mis = np.nonzero(missing)
-    prev = torch.as_tensor(prev_tags, device=tag.device, dtype=tag.dtype)
-    det_f = det.detach()
-    # Tag planes (K, L, H, W) so each squared difference is one contiguous in-place pass; the sum over
-    # L runs in the official order, so distances are bit-identical to its ((t - m) ** 2).sum(2) ** 0.5.
-    planes = tag.detach().permute(0, 3, 1, 2)
-    best = np.full(len(p_mis), -1, dtype=np.int64)
-    on_cpu = det.device.type == "cpu" and tag.device.type == "cpu"
-    if on_cpu and det.dtype in _NP_FLOATS and tag.dtype in _NP_FLOATS:
-        group_refine.refine_pruned(det_f.numpy(), tag.detach().numpy(), prev.numpy(), p_mis, j_mis, best)
-    todo = np.nonzero(best < 0)[0]
-    step = max(1, _REFINE_CHUNK // (h * w))
-    for start in range(0, len(todo), step):
-        sel = todo[start : start + step]
-        j_t = torch.as_tensor(j_mis[sel], device=tag.device)
-        p_t = torch.as_tensor(p_mis[sel], device=tag.device)
-        dist = None
-        for li in range(planes.size(1)):
-            diff = planes[j_t, li] - prev[p_t, li][:, None, None]  # (n, H, W)
-            diff.square_()
-            dist = diff if dist is None else dist.add_(diff)
-        dist.sqrt_().round_()
-        score = torch.sub(det_f[j_t], dist, out=dist)
-        flat_score = score.reshape(score.size(0), -1)
-        # numpy's argmax (first maximum, as torch's) is much faster on CPU.
-        best[sel] = flat_score.numpy().argmax(axis=1) if on_cpu else flat_score.argmax(dim=1).cpu().numpy()
-
-    rows, cols = best // w, best % w
-    val = det_f[
-        torch.as_tensor(j_mis, device=det.device),
-        torch.as_tensor(rows, device=det.device),
-        torch.as_tensor(cols, device=det.device),
-    ]
-    val = val.float().cpu().numpy()
-    x, y = _subpixel(det_f, j_mis, rows, cols, udp)
-    fill = val > 0
-    people[p_mis[fill], j_mis[fill], 0] = x[fill]
-    people[p_mis[fill], j_mis[fill], 1] = y[fill]
-    people[p_mis[fill], j_mis[fill], 2] = val[fill]

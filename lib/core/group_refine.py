@@ -1,17 +1,26 @@
-"""The exact shortcut of grouping's ``refine`` on CPU: each missing joint's argmax of
-``det - round(tag distance)`` found from few pixels.
+"""Placing grouped joints: HigherHRNet's ``adjust`` and ``refine``, vectorised over persons and joints.
 
-Every pixel scores at most its ``det`` value, and at most ``D - round(d)`` inside a tile whose det
-maximum is ``D`` and whose tags are at least ``d`` from the person's mean tag. Step 1 scores the
-pixels above a share of the joint's maximum (a winner above that share is final); step 2 scores only
-the tiles whose bound reaches the best score found so far. Ties go to the first pixel in flat order,
-as ``np.argmax``; :func:`higherpose.core.group._refine_people` evaluates the pairs the bounds leave
-open on the full map. Tests force each path by changing the constants below.
+:func:`adjust_people` moves every detected joint from its peak pixel to its decoded position (the
+official +0.5 and quarter-pixel shift, or with UDP the Taylor offset). :func:`refine_people` fills each
+person's missing joints at the argmax of ``det - round(tag distance)`` from the person's mean tag.
+
+On CPU that argmax comes from few pixels (:func:`refine_pruned`): every pixel scores at most its
+``det`` value, and at most ``D - round(d)`` inside a tile whose det maximum is ``D`` and whose tags are
+at least ``d`` from the person's mean tag. Step 1 scores the pixels above a share of the joint's
+maximum (a winner above that share is final); step 2 scores only the tiles whose bound reaches the
+best score found so far. Ties go to the first pixel in flat order, as ``np.argmax``;
+:func:`refine_people` evaluates the pairs the bounds leave open on the full map. Tests force each path
+by changing the constants below.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
+
+from higherpose.core.udp import taylor_offsets
+
+NP_FLOATS = (torch.float16, torch.float32, torch.float64)  # dtypes whose maps are read as numpy arrays
 
 # Candidate pixels of the first pruned step of refine: det above this fraction of the joint's maximum.
 _PEAK_FRACTION = 0.25
@@ -194,3 +203,135 @@ def refine_pruned(det: np.ndarray, tag: np.ndarray, prev: np.ndarray, p_mis: np.
                 continue
             score = _scores(det_j[pix], tag_j[pix], prev_j[i])
             best[rows[i]] = pix[score.argmax()]
+
+
+def np_mean0(rows: list[np.ndarray]) -> np.ndarray:
+    """``np.mean(rows, axis=0)`` by the same two ufunc calls numpy's ``_mean`` makes (bit-identical),
+    without its Python overhead. rows: a list of (L,) float arrays."""
+    arr = np.asanyarray(rows)
+    total = np.add.reduce(arr, axis=0)
+    return np.true_divide(total, np.intp(arr.shape[0]), out=total, casting="unsafe", subok=False)
+
+
+def _quarter_shifts(
+    det: torch.Tensor, joint: np.ndarray, row: np.ndarray, col: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """+0.25 where the right (lower) neighbour of ``det[joint, row, col]`` is larger than the left (upper)
+    one, else -0.25 (borders clamped); det: (K, H, W) on any device; indices: (n,) -> two (n,) arrays."""
+    _, h, w = det.shape
+    dev = det.device
+    j = torch.as_tensor(joint, dtype=torch.long, device=dev)
+    r = torch.as_tensor(row, dtype=torch.long, device=dev)
+    c = torch.as_tensor(col, dtype=torch.long, device=dev)
+    right = det[j, r, (c + 1).clamp(max=w - 1)]
+    left = det[j, r, (c - 1).clamp(min=0)]
+    down = det[j, (r + 1).clamp(max=h - 1), c]
+    up = det[j, (r - 1).clamp(min=0), c]
+    signs = torch.stack((right > left, down > up)).cpu().numpy()
+    sx, sy = np.where(signs, 0.25, -0.25)
+    return sx, sy
+
+
+def _subpixel(
+    det: torch.Tensor, joint: np.ndarray, row: np.ndarray, col: np.ndarray, udp: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Decoded ``(x, y)`` of the peaks ``det[joint, row, col]`` (det (K, H, W)): HigherHRNet's
+    ``peak + 0.5 ± 0.25``, or with ``udp`` the peak plus its Taylor offset."""
+    if udp:
+        ox, oy = taylor_offsets(det, joint, row, col)
+    else:
+        ox, oy = _quarter_shifts(det, joint, row, col)
+        ox, oy = ox + 0.5, oy + 0.5
+    return col + ox, row + oy
+
+
+def adjust_people(ans: list[np.ndarray], det: torch.Tensor, udp: bool) -> list[np.ndarray]:
+    """Move every detected joint of ``ans`` (per image (P, K, 3+L), in place) from its peak pixel to
+    its decoded position in det (B, K, H, W)."""
+    for b, people in enumerate(ans):
+        p_idx, j_idx = np.nonzero(people[:, :, 2] > 0)
+        if p_idx.size == 0:
+            continue
+        col = people[p_idx, j_idx, 0].astype(np.int64)
+        row = people[p_idx, j_idx, 1].astype(np.int64)
+        people[p_idx, j_idx, 0], people[p_idx, j_idx, 1] = _subpixel(det[b], j_idx, row, col, udp)
+    return ans
+
+
+# Upper bound on elements of one batched distance map (missing joints x H x W) in refine.
+_REFINE_CHUNK = 1 << 22
+
+
+def refine_people(det: torch.Tensor, tag: torch.Tensor, people: np.ndarray, num_joints: int, udp: bool = False) -> None:
+    """Vectorised HigherHRNet ``refine`` for all persons of one image, in place.
+
+    det: (K, H, W); tag: (K or 1, H, W, L) or (K, H, W); people: (P, K, 3+L). A missing joint j of
+    person p goes to ``argmax(det[j] - round(||tag[j] - mean_tag[p]||))`` (+0.5 and the quarter shift;
+    ``udp``: the Taylor offset) when the det value there is > 0. Only missing joints are evaluated (the
+    official evaluated all K and kept the missing ones: same result).
+    """
+    if tag.dim() == 3:
+        tag = tag[..., None]
+    if tag.size(0) != num_joints:  # one tag map shared by all joints (TAG_PER_JOINT False)
+        tag = tag.expand(num_joints, -1, -1, -1)
+    k, h, w = det.shape
+    detected = people[:, :, 2] > 0  # (P, K)
+    has_any = detected.any(axis=1)
+    missing = (people[:, :, 2] == 0) & has_any[:, None]
+    if not missing.any():
+        return
+
+    # Mean tag of each person's detected joints, sampled at the truncated positions (float32 numpy,
+    # exactly as the official np.mean over the list of sampled tags). Truncating peak + 0.5 +- 0.25
+    # gives the peak pixel back; a UDP position (peak + Taylor offset in (-0.5, 0.5)) needs rounding.
+    xy = np.floor(people[:, :, :2] + 0.5).astype(np.int32) if udp else people[:, :, :2].astype(np.int32)
+    p_det, j_det = np.nonzero(detected)
+    sampled = tag[
+        torch.as_tensor(j_det, device=tag.device),
+        torch.as_tensor(xy[p_det, j_det, 1], dtype=torch.long, device=tag.device),
+        torch.as_tensor(xy[p_det, j_det, 0], dtype=torch.long, device=tag.device),
+    ]
+    sampled = sampled.detach().cpu().numpy()
+    prev_tags = np.zeros((people.shape[0], tag.size(3)), dtype=sampled.dtype)
+    for p in np.nonzero(has_any)[0]:
+        prev_tags[p] = np_mean0(sampled[p_det == p])
+
+    p_mis, j_mis = np.nonzero(missing)
+    prev = torch.as_tensor(prev_tags, device=tag.device, dtype=tag.dtype)
+    det_f = det.detach()
+    # Tag planes (K, L, H, W) so each squared difference is one contiguous in-place pass; the sum over
+    # L runs in the official order, so distances are bit-identical to its ((t - m) ** 2).sum(2) ** 0.5.
+    planes = tag.detach().permute(0, 3, 1, 2)
+    best = np.full(len(p_mis), -1, dtype=np.int64)
+    on_cpu = det.device.type == "cpu" and tag.device.type == "cpu"
+    if on_cpu and det.dtype in NP_FLOATS and tag.dtype in NP_FLOATS:
+        refine_pruned(det_f.numpy(), tag.detach().numpy(), prev.numpy(), p_mis, j_mis, best)
+    todo = np.nonzero(best < 0)[0]
+    step = max(1, _REFINE_CHUNK // (h * w))
+    for start in range(0, len(todo), step):
+        sel = todo[start : start + step]
+        j_t = torch.as_tensor(j_mis[sel], device=tag.device)
+        p_t = torch.as_tensor(p_mis[sel], device=tag.device)
+        dist = None
+        for li in range(planes.size(1)):
+            diff = planes[j_t, li] - prev[p_t, li][:, None, None]  # (n, H, W)
+            diff.square_()
+            dist = diff if dist is None else dist.add_(diff)
+        dist.sqrt_().round_()
+        score = torch.sub(det_f[j_t], dist, out=dist)
+        flat_score = score.reshape(score.size(0), -1)
+        # numpy's argmax (first maximum, as torch's) is much faster on CPU.
+        best[sel] = flat_score.numpy().argmax(axis=1) if on_cpu else flat_score.argmax(dim=1).cpu().numpy()
+
+    rows, cols = best // w, best % w
+    val = det_f[
+        torch.as_tensor(j_mis, device=det.device),
+        torch.as_tensor(rows, device=det.device),
+        torch.as_tensor(cols, device=det.device),
+    ]
+    val = val.float().cpu().numpy()
+    x, y = _subpixel(det_f, j_mis, rows, cols, udp)
+    fill = val > 0
+    people[p_mis[fill], j_mis[fill], 0] = x[fill]
+    people[p_mis[fill], j_mis[fill], 1] = y[fill]
+    people[p_mis[fill], j_mis[fill], 2] = val[fill]

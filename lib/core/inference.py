@@ -1,6 +1,11 @@
 """Test-time inference: multi-stage outputs, flip, multi-scale aggregation (HigherHRNet
 ``lib/core/inference.py``) and :func:`predict_image` / :func:`predict_images`, the whole path from an
 RGB image to poses in image pixels (used by valid.py, demo.py and validation during training).
+
+Every function here reads its settings from a :class:`~higherpose.core.protocol.TestProtocol` built
+once from the config. HigherHRNet's names (:func:`get_multi_stage_outputs`, :func:`aggregate_results`,
+:func:`predict_image`, :func:`predict_images`) keep its ``cfg``-first call and also take a protocol in
+that place; the path that valid.py and the estimator run passes the protocol.
 """
 
 from __future__ import annotations
@@ -16,8 +21,8 @@ from torch import nn
 
 from higherpose.core.group import HeatmapParser
 from higherpose.core.layout import OutputLayout
+from higherpose.core.protocol import TestProtocol
 from higherpose.core.udp import udp_multi_stage_outputs
-from higherpose.dataset.build import output_sizes
 from higherpose.dataset.transforms import IMAGENET_MEAN, IMAGENET_STD
 from higherpose.utils.transforms import get_multi_scale_size, resize_align_multi_scale, transform_preds
 
@@ -43,7 +48,7 @@ def _aligned(outputs: Sequence[torch.Tensor], flip: bool) -> list[torch.Tensor]:
 
 
 def get_multi_stage_outputs(
-    cfg: Any,
+    cfg: TestProtocol | Any,
     model: nn.Module | Forward,
     image: torch.Tensor,
     with_flip: bool = False,
@@ -57,11 +62,11 @@ def get_multi_stage_outputs(
     Returns ``(outputs, heatmaps, tags)``: ``heatmaps`` = [stage-averaged (B, K, h', w')] (+ the flipped
     one, channels permuted by the dataset's flip index), ``tags`` = the tag maps of the AE stages
     (+ flipped). With ``project2image`` and ``size_projected = (w, h)`` all maps are resized
-    (bilinear, align_corners=False) to that size, as HigherHRNet. ``layout``: the config's
-    :class:`OutputLayout`, when the caller has built it already.
+    (bilinear, align_corners=False) to that size, as HigherHRNet. ``cfg``: the test protocol (or a
+    config); ``layout``: an :class:`OutputLayout` to use instead of the protocol's.
     """
     if layout is None:
-        layout = OutputLayout.from_config(cfg)
+        layout = TestProtocol.of(cfg).layout
     outputs = list(model(image))
     heatmaps_avg, tags = layout.test_maps(_aligned(outputs, False))
     heatmaps = [heatmaps_avg] if heatmaps_avg is not None else []
@@ -82,7 +87,7 @@ def get_multi_stage_outputs(
 
 
 def aggregate_results(
-    cfg: Any,
+    cfg: TestProtocol | Any,
     scale_factor: float,
     final_heatmaps: torch.Tensor | None,
     tags_list: list[torch.Tensor],
@@ -90,26 +95,23 @@ def aggregate_results(
     tags: list[torch.Tensor],
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Accumulate one scale's maps: heatmaps (flip-averaged) are summed into ``final_heatmaps``; tags
-    (each as (B, K, H, W, 1)) are collected only at scale 1 (or when a single scale is used)."""
-    if scale_factor == 1 or len(cfg.TEST.SCALE_FACTOR) == 1:
-        if final_heatmaps is not None and not cfg.TEST.PROJECT2IMAGE:
+    (each as (B, K, H, W, 1)) are collected only at scale 1 (or when a single scale is used).
+    ``cfg``: the test protocol (or a config)."""
+    protocol = TestProtocol.of(cfg)
+    if scale_factor == 1 or len(protocol.scales) == 1:
+        if final_heatmaps is not None and not protocol.project2image:
             tags = [_resize(tms, final_heatmaps.shape[2:]) for tms in tags]
         for tms in tags:
             tags_list.append(torch.unsqueeze(tms, dim=4))
 
-    heatmaps_avg = (heatmaps[0] + heatmaps[1]) / 2.0 if cfg.TEST.FLIP_TEST else heatmaps[0]
+    heatmaps_avg = (heatmaps[0] + heatmaps[1]) / 2.0 if protocol.flip else heatmaps[0]
     if final_heatmaps is None:
         final_heatmaps = heatmaps_avg
-    elif cfg.TEST.PROJECT2IMAGE:
+    elif protocol.project2image:
         final_heatmaps += heatmaps_avg
     else:
         final_heatmaps += _resize(heatmaps_avg, final_heatmaps.shape[2:])
     return final_heatmaps, tags_list
-
-
-def eval_input_size(cfg: Any) -> int:
-    """Short side of the scale-1 test input: ``TEST.INPUT_SIZE``, or ``DATASET.INPUT_SIZE`` when 0."""
-    return int(cfg.TEST.INPUT_SIZE) or int(cfg.DATASET.INPUT_SIZE)
 
 
 def _model_device(model: nn.Module | Forward) -> torch.device:
@@ -131,8 +133,7 @@ def _to_input(images: Sequence[np.ndarray], device: torch.device) -> torch.Tenso
 
 
 def _udp_outputs(
-    cfg: Any,
-    layout: OutputLayout,
+    protocol: TestProtocol,
     model: nn.Module | Forward,
     x: torch.Tensor,
     base_size: Sequence[int],
@@ -148,18 +149,18 @@ def _udp_outputs(
     One forward runs the image and its mirror (``TEST.FLIP_TEST``) together. ``with_tags=False`` skips
     the tag maps; ``average_flip`` returns one heatmap averaged over both passes instead of two
     (:func:`~higherpose.core.udp.udp_resampled_maps`)."""
-    if cfg.TEST.PROJECT2IMAGE:
+    if protocol.project2image:
         stride, dst_size = 1.0, tuple(base_size)
     else:
-        stride = float(cfg.DATASET.INPUT_SIZE) / output_sizes(cfg)[-1]  # the network's, whatever the test size
+        stride = protocol.output_stride  # the network's, whatever the test size
         dst_size = (int(round(base_size[0] / stride)), int(round(base_size[1] / stride)))
     # Input pixels per image pixel at this scale over those at scale 1 (get_affine_transform's factor).
     ratio = (x.shape[3] / float(scale[0])) / (base_size[0] / float(base_scale[0]))
     return udp_multi_stage_outputs(
-        layout,
+        protocol.layout,
         model,
         x,
-        cfg.TEST.FLIP_TEST,
+        protocol.flip,
         dst_size,
         stride,
         base_size,
@@ -167,16 +168,6 @@ def _udp_outputs(
         with_tags=with_tags,
         average_flip=average_flip,
     )
-
-
-def _eval_amp_dtype(cfg: Any) -> torch.dtype | None:
-    """The autocast dtype of the test forward: ``FP16.DTYPE`` when ``TEST.FP16``, else None (fp32).
-
-    ``FP16.ENABLED`` alone does not reach the test: HigherHRNet evaluates in fp32, and float16 heatmap
-    peaks and tag values lose the precision that grouping and refinement read."""
-    if not cfg.TEST.FP16:
-        return None
-    return torch.bfloat16 if cfg.FP16.DTYPE == "bfloat16" else torch.float16
 
 
 def eval_forward(model: nn.Module | Forward, device: torch.device, amp_dtype: torch.dtype | None) -> Forward:
@@ -211,15 +202,16 @@ class ImageMaps:
         return transform_preds(keypoints, self.centers[b], self.scales[b], self.heatmap_size)
 
 
-def image_maps(cfg: Any, model: nn.Module, images: Sequence[np.ndarray], device: torch.device) -> ImageMaps:
+def image_maps(
+    protocol: TestProtocol, model: nn.Module, images: Sequence[np.ndarray], device: torch.device
+) -> ImageMaps:
     """The HigherHRNet test loop (valid.py) up to grouping, for images whose resized sizes agree at
     every scale: resize per ``TEST.SCALE_FACTOR`` (largest first), flip, stage/flip/scale averaging."""
-    scales = [float(s) for s in cfg.TEST.SCALE_FACTOR]
+    scales = list(protocol.scales)
     min_scale = min(scales)
-    input_size = eval_input_size(cfg)
+    input_size = protocol.input_size
     base_size, _, base_scale = get_multi_scale_size(images[0], input_size, 1.0, min_scale)
-    forward = eval_forward(model, device, _eval_amp_dtype(cfg))
-    layout = OutputLayout.from_config(cfg)
+    forward = eval_forward(model, device, protocol.amp_dtype)
 
     final_heatmaps, tags_list = None, []
     centers, scales_px = [], []
@@ -232,33 +224,35 @@ def image_maps(cfg: Any, model: nn.Module, images: Sequence[np.ndarray], device:
             centers.append(center)
             scales_px.append(scale)
         x = _to_input(resized, device)
-        if cfg.DATASET.USE_UDP:
+        if protocol.udp:
             # All scales land on one grid: aggregate_results's sums without its resizes, the flip average
             # inside the resampling, and tags only where aggregate_results keeps them.
             with_tags = s == 1 or len(scales) == 1
             heatmaps, tags = _udp_outputs(
-                cfg, layout, forward, x, base_size, base_scale, scales_px[0], with_tags=with_tags, average_flip=True
+                protocol, forward, x, base_size, base_scale, scales_px[0], with_tags=with_tags, average_flip=True
             )
             tags_list.extend(torch.unsqueeze(tms, dim=4) for tms in tags)
             final_heatmaps = heatmaps[0] if final_heatmaps is None else final_heatmaps + heatmaps[0]
             continue
         _, heatmaps, tags = get_multi_stage_outputs(
-            cfg, forward, x, cfg.TEST.FLIP_TEST, cfg.TEST.PROJECT2IMAGE, base_size, layout=layout
+            protocol, forward, x, protocol.flip, protocol.project2image, base_size
         )
-        final_heatmaps, tags_list = aggregate_results(cfg, s, final_heatmaps, tags_list, heatmaps, tags)
+        final_heatmaps, tags_list = aggregate_results(protocol, s, final_heatmaps, tags_list, heatmaps, tags)
 
     final_heatmaps = final_heatmaps / float(len(scales))
-    if cfg.DATASET.USE_UDP:  # the maps lie on the scale-1 grid (HigherHRNet maps back with the last scale's)
+    if protocol.udp:  # the maps lie on the scale-1 grid (HigherHRNet maps back with the last scale's)
         bases = [get_multi_scale_size(image, input_size, 1.0, min_scale) for image in images]
         centers, scales_px = [b[1] for b in bases], [b[2] for b in bases]
     heatmap_size = [final_heatmaps.size(3), final_heatmaps.size(2)]
     return ImageMaps(final_heatmaps, torch.cat(tags_list, dim=4), centers, scales_px, heatmap_size)
 
 
-def group_by_tags(cfg: Any, maps: ImageMaps, parser: HeatmapParser) -> list[tuple[list[np.ndarray], list[float]]]:
+def group_by_tags(
+    protocol: TestProtocol, maps: ImageMaps, parser: HeatmapParser
+) -> list[tuple[list[np.ndarray], list[float]]]:
     """Grouping by tags (``TEST.ADJUST``, ``TEST.REFINE``) and the inverse affine map: per image of
     ``maps``, what :func:`predict_image` returns."""
-    grouped, scores = parser.parse_batch(maps.det, maps.tags, cfg.TEST.ADJUST, cfg.TEST.REFINE)
+    grouped, scores = parser.parse_batch(maps.det, maps.tags, protocol.adjust, protocol.refine)
     return [
         ([maps.to_image(b, person) for person in people], person_scores)
         for b, (people, person_scores) in enumerate(zip(grouped, scores))
@@ -266,13 +260,13 @@ def group_by_tags(cfg: Any, maps: ImageMaps, parser: HeatmapParser) -> list[tupl
 
 
 def _predict_same_size(
-    cfg: Any, model: nn.Module, images: Sequence[np.ndarray], parser: HeatmapParser, device: torch.device
+    protocol: TestProtocol, model: nn.Module, images: Sequence[np.ndarray], parser: HeatmapParser, device: torch.device
 ) -> list[tuple[list[np.ndarray], list[float]]]:
-    return group_by_tags(cfg, image_maps(cfg, model, images, device), parser)
+    return group_by_tags(protocol, image_maps(protocol, model, images, device), parser)
 
 
 def predict_images(
-    cfg: Any,
+    cfg: TestProtocol | Any,
     model: nn.Module,
     images_rgb: Sequence[np.ndarray],
     parser: HeatmapParser | None = None,
@@ -280,14 +274,15 @@ def predict_images(
 ) -> list[tuple[list[np.ndarray], list[float]]]:
     """Poses for several RGB uint8 images (H, W, 3); images whose network input sizes agree at every
     test scale run together, at most ``batch_size`` per forward. Returns, per image in order, what
-    :func:`predict_image` returns."""
-    parser = parser or HeatmapParser(cfg)
+    :func:`predict_image` returns. ``cfg``: the test protocol (or a config)."""
+    protocol = TestProtocol.of(cfg)
+    parser = parser or HeatmapParser.from_protocol(protocol)
     device = _model_device(model)
-    scales = [float(s) for s in cfg.TEST.SCALE_FACTOR]
+    scales = list(protocol.scales)
     min_scale = min(scales)
     groups: dict[tuple, list[int]] = {}
     for i, image in enumerate(images_rgb):
-        key = tuple(get_multi_scale_size(image, eval_input_size(cfg), s, min_scale)[0] for s in scales)
+        key = tuple(get_multi_scale_size(image, protocol.input_size, s, min_scale)[0] for s in scales)
         for s, size in zip(scales, key):
             if size[0] % INPUT_MULTIPLE or size[1] % INPUT_MULTIPLE:
                 raise ValueError(
@@ -301,14 +296,14 @@ def predict_images(
         for indices in groups.values():
             for start in range(0, len(indices), max(1, batch_size)):
                 chunk = indices[start : start + max(1, batch_size)]
-                preds = _predict_same_size(cfg, model, [images_rgb[i] for i in chunk], parser, device)
+                preds = _predict_same_size(protocol, model, [images_rgb[i] for i in chunk], parser, device)
                 for i, pred in zip(chunk, preds):
                     results[i] = pred
     return results
 
 
 def predict_image(
-    cfg: Any, model: nn.Module, image_rgb: np.ndarray, parser: HeatmapParser | None = None
+    cfg: TestProtocol | Any, model: nn.Module, image_rgb: np.ndarray, parser: HeatmapParser | None = None
 ) -> tuple[list[np.ndarray], list[float]]:
     """Multi-person poses for one RGB uint8 image (H, W, 3), on the model's device, no gradients.
 

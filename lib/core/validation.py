@@ -21,7 +21,9 @@ from typing import Any
 import numpy as np
 
 from higherpose.core.evaluation import evaluate_keypoints, poses_to_coco_results, write_results_json
+from higherpose.core.predictor import Predictor
 from higherpose.utils import distributed as du
+from higherpose.utils.meters import format_clock
 
 _log = logging.getLogger(__name__)
 
@@ -56,19 +58,11 @@ class _Progress:
         rate = self.done / elapsed
         eta = (self.total - self.done) / rate if rate > 0 else float("inf")
         ranks = f" on {self.ranks} ranks" if self.ranks > 1 else ""
-        return f"valid: {self.done}/{self.total} images{ranks}, {rate:.2f} img/s, ETA {_fmt_time(eta)}"
+        return f"valid: {self.done}/{self.total} images{ranks}, {rate:.2f} img/s, ETA {format_clock(eta)}"
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-
-
-def _fmt_time(seconds: float) -> str:
-    if not np.isfinite(seconds):
-        return "?"
-    m, s = divmod(int(round(seconds)), 60)
-    h, m = divmod(m, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
 def unwrap_test_sample(sample: Any) -> tuple[Any, Any]:
@@ -89,13 +83,11 @@ def _predict_share(
     cfg: Any, model: Any, output_dir: str, loader: Any, indices: list[int], ids: list, progress: _Progress, spec: Any
 ) -> tuple[list[tuple[int, list[dict]]], list[int]]:
     """This rank's images: ``([(image index, its result dicts)], unreadable image ids)``."""
-    from higherpose.apis.estimator import PoseEstimator
-
-    estimator = PoseEstimator(cfg, model)
+    predictor = Predictor(cfg, model)
     save_every = max(1, int(cfg.PRINT_FREQ)) if cfg.DEBUG.DEBUG and du.is_main_process() else 0
     predicted: list[tuple[int, list[dict]]] = []
     skipped: list[int] = []
-    order: deque[tuple[int, np.ndarray]] = deque()  # the images handed to the estimator, not yet returned
+    order: deque[tuple[int, np.ndarray]] = deque()  # the images handed to the predictor, not yet returned
 
     def readable() -> Iterator[np.ndarray]:
         for index, sample in zip(indices, loader):
@@ -107,7 +99,7 @@ def _predict_share(
             order.append((index, image))
             yield image
 
-    for poses, scores in estimator.predict_stream(readable()):
+    for poses, scores in predictor.predict_stream(readable()):
         index, image = order.popleft()
         predicted.append((index, poses_to_coco_results(int(ids[index]), poses, scores)))
         if save_every and (len(predicted) - 1) % save_every == 0:

@@ -1,6 +1,8 @@
-"""Running averages and time-left estimates for the training log."""
+"""Running averages, time-left estimates and clock strings for the training log and progress lines."""
 
 from __future__ import annotations
+
+import math
 
 
 class AverageMeter:
@@ -30,6 +32,15 @@ def format_seconds(seconds: float) -> str:
     minutes, secs = divmod(rest, 60)
     clock = f"{hours}:{minutes:02d}:{secs:02d}"
     return f"{days}d {hours:02d}:{minutes:02d}:{secs:02d}" if days else clock
+
+
+def format_clock(seconds: float) -> str:
+    """``65`` → ``'1:05'``, ``3725`` → ``'1:02:05'`` (progress lines); ``'?'`` when not finite."""
+    if not math.isfinite(seconds):
+        return "?"
+    minutes, secs = divmod(int(round(max(seconds, 0.0))), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 def eta_seconds(seconds_per_step: float, steps_left_in_epoch: int, epochs_left_after: int, steps_per_epoch: int):

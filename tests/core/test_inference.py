@@ -21,11 +21,11 @@ from higherpose.core.group import HeatmapParser
 from higherpose.core.inference import (
     _to_input,
     aggregate_results,
-    eval_input_size,
     get_multi_stage_outputs,
     image_maps,
     predict_images,
 )
+from higherpose.core.protocol import TestProtocol, eval_input_size
 from higherpose.dataset.specs import spec_from_cfg
 from higherpose.utils.transforms import resize_align_multi_scale
 from tests.conftest import TINY_HRNET, load_cfg
@@ -481,16 +481,16 @@ def test_fp16_training_config_evaluates_in_fp32_unless_test_fp16(test_fp16):
     )
     image = np.random.RandomState(0).randint(0, 256, (80, 112, 3), dtype=np.uint8)
     with torch.no_grad():
-        ref = image_maps(fp32_cfg, model, [image], torch.device("cpu"))
+        ref = image_maps(TestProtocol.from_config(fp32_cfg), model, [image], torch.device("cpu"))
         seen.clear()
-        got = image_maps(amp_cfg, model, [image], torch.device("cpu"))
+        got = image_maps(TestProtocol.from_config(amp_cfg), model, [image], torch.device("cpu"))
     # 2 scales, the image and its mirror (UDP) in one batch
     assert seen == [(test_fp16, torch.bfloat16 if test_fp16 else torch.float32, 2)] * 2
     assert got.det.dtype == got.tags.dtype == torch.float32
     if test_fp16:  # bf16 network outputs, then every average and resize on their float32 copies
         bf16_net = _AutocastThenFloat(model)
         with torch.no_grad():
-            want = image_maps(fp32_cfg, bf16_net, [image], torch.device("cpu"))
+            want = image_maps(TestProtocol.from_config(fp32_cfg), bf16_net, [image], torch.device("cpu"))
         assert torch.equal(got.det, want.det) and torch.equal(got.tags, want.tags)
         assert not torch.equal(got.det, ref.det)
         torch.testing.assert_close(got.det, ref.det, atol=0.05, rtol=0.05)

@@ -33,7 +33,7 @@ def test_taylor_offsets_recover_an_anisotropic_gaussian_and_fall_back_on_flat_ma
 def test_udp_refine_reads_the_mean_tag_at_the_peak_pixel() -> None:
     """A UDP position left of its peak pixel (offset < 0) must still read the tag of the peak pixel:
     truncating it would read the left neighbour, whose tag here leads refine to another person's joint."""
-    from higherpose.core.group import _refine_people
+    from higherpose.core.group_refine import refine_people as _refine_people
 
     h, w = 32, 32
     det = torch.full((2, h, w), 1e-3, dtype=torch.float64)

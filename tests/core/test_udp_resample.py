@@ -13,6 +13,7 @@ import torch
 from higherpose.core import udp
 from higherpose.core.inference import _to_input, aggregate_results, image_maps
 from higherpose.core.layout import OutputLayout
+from higherpose.core.protocol import TestProtocol
 from higherpose.core.udp import (
     Banded,
     _separable,
@@ -232,7 +233,7 @@ def test_image_maps_equal_the_per_stage_grid_sample_path(flip, project) -> None:
     model = build_model(cfg, is_train=False).eval()
     image = np.random.RandomState(0).randint(0, 256, (70, 90, 3), dtype=np.uint8)
     with torch.no_grad():
-        got = image_maps(cfg, model, [image], torch.device("cpu"))
+        got = image_maps(TestProtocol.from_config(cfg), model, [image], torch.device("cpu"))
         want_det, want_tags = _reference_image_maps(cfg, model, image)
     torch.testing.assert_close(got.det, want_det, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got.tags, want_tags, atol=1e-5, rtol=1e-5)

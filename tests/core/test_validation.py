@@ -138,8 +138,10 @@ def test_validation_inside_two_process_training_equals_valid_py(synthetic_val: P
     alone = json.loads(results_file.read_text())
     assert len(during) == len(alone) > 0
     assert [r["image_id"] for r in during] == [r["image_id"] for r in alone]
+    # Training validates its own network; valid.py folds the BatchNorms first, so values agree to float
+    # rounding, which sub-pixel refinement can lift to about 2e-4 px (seen on an AVX-512 CPU).
     for a, b in zip(during, alone):
-        np.testing.assert_allclose(a["keypoints"], b["keypoints"], atol=1e-4)
+        np.testing.assert_allclose(a["keypoints"], b["keypoints"], atol=5e-4)
         assert a["score"] == pytest.approx(b["score"], abs=1e-6)
     assert ap == pytest.approx(metrics["AP"], abs=1e-4)
 

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 
+from higherpose.apis.demo import image_id_for
 from higherpose.models import build_model
 from higherpose.utils.checkpoint import CheckpointError, save_atomic
 from higherpose.utils.vis import person_color
 from tests.conftest import TINY_HRNET, load_cfg, load_tool
-from tests.core.test_inference import PerfectModel
 
 demo = load_tool("demo")
 
@@ -43,19 +43,10 @@ def checkpoint(tmp_path_factory):
 
 
 @pytest.fixture
-def known_people(monkeypatch):
+def known_people(perfect_model):
     """A list to fill with ``(RGB picture, annotations)``: the network demo.py builds (and loads the
     checkpoint into) then outputs perfect heatmaps and tags of those annotations for those pictures."""
-    samples: list[tuple[np.ndarray, list[dict]]] = []
-    build = demo.build_model
-
-    def build_seeing_known_people(cfg, is_train=False):
-        model = build(cfg, is_train=is_train)
-        model.forward = PerfectModel(cfg, samples).forward
-        return model
-
-    monkeypatch.setattr(demo, "build_model", build_seeing_known_people)
-    return samples
+    return perfect_model
 
 
 def _picture(seed: int, h: int = 96, w: int = 128) -> np.ndarray:
@@ -204,5 +195,5 @@ def test_demo_needs_weights_unless_random(tmp_path, capsys):
 def test_image_id_for_numeric_stems():
     from pathlib import Path
 
-    assert demo.image_id_for(Path("000000000785.jpg"), 5) == 785
-    assert demo.image_id_for(Path("frame_a.jpg"), 5) == 5
+    assert image_id_for(Path("000000000785.jpg"), 5) == 785
+    assert image_id_for(Path("frame_a.jpg"), 5) == 5

@@ -13,7 +13,7 @@ import torch
 from higherpose.models import build_model
 from higherpose.utils.checkpoint import CheckpointError
 from tests.conftest import REPO, TINY_HRNET, load_cfg, load_tool
-from tests.core.test_inference import PerfectModel, _samples
+from tests.core.test_inference import _samples
 
 valid = load_tool("valid")
 
@@ -24,19 +24,12 @@ def _opts(coco_sample, out):
 
 
 @pytest.fixture
-def perfect_outputs(monkeypatch, coco_sample):
+def perfect_outputs(perfect_model, coco_sample):
     """The network valid.py builds (and loads the weights into) outputs perfect heatmaps and tags
     rendered from the ground truth of the COCO sample image in its input."""
     ann_file = coco_sample / "annotations" / "person_keypoints_val2017.json"
     samples, _ = _samples(coco_sample, ann_file, coco_sample / "images" / "val2017")
-    build = valid.build_model
-
-    def build_with_perfect_outputs(cfg, is_train=False):
-        model = build(cfg, is_train=is_train)
-        model.forward = PerfectModel(cfg, samples).forward
-        return model
-
-    monkeypatch.setattr(valid, "build_model", build_with_perfect_outputs)
+    perfect_model.extend(samples)
 
 
 def test_valid_end_to_end(coco_sample, tmp_path, perfect_outputs):

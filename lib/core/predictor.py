@@ -1,0 +1,107 @@
+"""Predicting a stream of images with a network and a test protocol, images side by side on the CPU.
+
+:class:`Predictor` holds the network, the :class:`~higherpose.core.protocol.TestProtocol` read once
+from the config and the grouping, and predicts images through :func:`~higherpose.core.inference.predict_images`.
+On the CPU a stream is split over ``TEST.CPU_IMAGE_THREADS`` threads, each predicting its own images
+with a share of torch's threads: two images side by side on one core each keep the cores busier than
+one image whose small operations are split across both (a single image runs on all of torch's
+threads). Validation (:mod:`higherpose.core.validation`) and
+:class:`~higherpose.apis.estimator.PoseEstimator` predict through it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from higherpose.core.group import HeatmapParser
+from higherpose.core.inference import predict_images
+from higherpose.core.protocol import TestProtocol
+
+_AUTO_IMAGE_THREADS = 4  # TEST.CPU_IMAGE_THREADS = 0: at most this many images in flight (memory)
+
+
+class Predictor:
+    """Poses for RGB images with a network and the test protocol of a config.
+
+    Args:
+        cfg: the merged config (its ``TEST.*``, ``DATASET.*`` and ``MODEL.*``), read once here.
+        model: the network in eval mode on its device, or any callable ``(B, 3, H, W) tensor -> list of
+            stage outputs`` (e.g. :class:`~higherpose.apis.onnx_export.OnnxPoseNet`).
+    """
+
+    def __init__(self, cfg: Any, model: nn.Module | Callable[[torch.Tensor], Any]):
+        self.cfg, self.model = cfg, model
+        self.protocol = TestProtocol.from_config(cfg)
+        self.parser = HeatmapParser.from_protocol(self.protocol)
+
+    @property
+    def image_threads(self) -> int:
+        """Images :meth:`predict_rgb` runs side by side: ``TEST.CPU_IMAGE_THREADS`` for a network with
+        its parameters on the CPU (0: ``min(torch.get_num_threads(), 4)``); 1 on a GPU and for
+        callables without parameters (:class:`~higherpose.apis.onnx_export.OnnxPoseNet`: ONNX Runtime
+        has its own threads)."""
+        parameter = next(self.model.parameters(), None) if isinstance(self.model, nn.Module) else None
+        if parameter is None or parameter.device.type != "cpu":
+            return 1
+        return self.protocol.cpu_image_threads or min(torch.get_num_threads(), _AUTO_IMAGE_THREADS)
+
+    def predict_rgb(self, images_rgb: Sequence[np.ndarray]) -> list[tuple[list[np.ndarray], list[float]]]:
+        """Per RGB uint8 image (H, W, 3): ``(poses, scores)`` with ``poses[p]`` (K, 3 + L) = (x, y,
+        heat value, tags...) in image pixels, as :func:`~higherpose.core.inference.predict_image`."""
+        return list(self.predict_stream(images_rgb))
+
+    def predict_stream(self, images_rgb: Iterable[np.ndarray]) -> Iterator[tuple[list[np.ndarray], list[float]]]:
+        """:meth:`predict_rgb` for an iterable of any length, one result at a time in its order. Images
+        are taken from it as threads become free (at most two forwards a thread waiting), so a data set
+        streams through without being held in memory.
+
+        With several image threads torch's thread setting is lowered until the generator is exhausted
+        or closed (see ``TEST.CPU_IMAGE_THREADS``)."""
+        batch = self.protocol.images_per_forward
+        jobs = _chunks(iter(images_rgb), batch)
+
+        def predict(job: list[np.ndarray]) -> list[tuple[list[np.ndarray], list[float]]]:
+            with torch.inference_mode():  # per thread: grad mode is thread-local
+                return predict_images(self.protocol, self.model, job, self.parser, batch)
+
+        threads = self.image_threads
+        first = list(itertools.islice(jobs, 2))
+        jobs = itertools.chain(first, jobs)
+        if threads == 1 or len(first) < 2:  # one forward: all of torch's threads on it
+            for job in jobs:
+                yield from predict(job)
+            return
+        with _torch_threads(max(1, torch.get_num_threads() // threads)), ThreadPoolExecutor(threads) as pool:
+            waiting: deque[Future] = deque()
+            for job in jobs:
+                waiting.append(pool.submit(predict, job))
+                if len(waiting) >= 2 * threads:
+                    yield from waiting.popleft().result()
+            while waiting:
+                yield from waiting.popleft().result()
+
+
+def _chunks(items: Iterator[np.ndarray], size: int) -> Iterator[list[np.ndarray]]:
+    while chunk := list(itertools.islice(items, size)):
+        yield chunk
+
+
+@contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``n`` for threads started inside the block (a thread takes the
+    setting when it first runs an operation), restored after. Process-wide while it lasts."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
