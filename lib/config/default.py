@@ -72,7 +72,7 @@ _C.LOSS = CN()
 _C.LOSS.NUM_STAGES = 1
 _C.LOSS.WITH_HEATMAPS_LOSS = (True,)
 _C.LOSS.HEATMAPS_LOSS_FACTOR = (1.0,)
-_C.LOSS.HEATMAPS_LOSS_TYPE = "mse"  # NEW: 'mse' (HigherHRNet), 'wahr' (SWAHR) or 'qfl' (quality focal, logits)
+_C.LOSS.HEATMAPS_LOSS_TYPE = "mse"  # NEW: 'mse' (HigherHRNet), 'wahr' / 'swahr' (SWAHR), 'qfl' (focal, logits)
 _C.LOSS.WITH_AE_LOSS = (True,)
 _C.LOSS.AE_LOSS_TYPE = "max"  # 'exp' or 'max'
 _C.LOSS.PUSH_LOSS_FACTOR = (0.001,)
@@ -130,6 +130,7 @@ _C.TRAIN.GAMMA1 = 0.99
 _C.TRAIN.GAMMA2 = 0.0
 _C.TRAIN.BEGIN_EPOCH = 0
 _C.TRAIN.END_EPOCH = 140
+_C.TRAIN.WARM_UP_EPOCH = 3  # SWAHR's key: warm-up epochs of TRAIN.LR_SCHEDULER 'warmup_linear' (only)
 _C.TRAIN.RESUME = False
 _C.TRAIN.CHECKPOINT = ""
 _C.TRAIN.IMAGES_PER_GPU = 32
@@ -144,7 +145,7 @@ _C.TRAIN.CLIP_GRAD = 0.0  # clip the gradient norm to this value (0 = off)
 _C.TRAIN.CHANNELS_LAST = False  # channels_last memory format (faster on tensor-core GPUs)
 _C.TRAIN.WARMUP_ITERS = 0  # linear LR warm-up over the first N steps
 _C.TRAIN.EMA_DECAY = 0.0  # > 0: keep an exponential moving average of the weights; final/best = the average
-_C.TRAIN.LR_SCHEDULER = "multistep"  # 'multistep' (LR_STEP/LR_FACTOR, HigherHRNet) or 'cosine' (per step to 0)
+_C.TRAIN.LR_SCHEDULER = "multistep"  # 'multistep' (HigherHRNet), 'cosine' or 'warmup_linear' (SWAHR), per step
 _C.TRAIN.TIME_BUDGET = 0.0  # > 0: train at most this many minutes; epochs are cut to fit (multistep only)
 _C.TRAIN.AE_WARMUP_ITERS = 0  # push/pull factors scaled up by AE_WARMUP_FACTOR for the first N steps
 _C.TRAIN.AE_WARMUP_FACTOR = 1.0
@@ -188,11 +189,14 @@ _C.DEBUG.SAVE_BATCH_IMAGES_PRED = False
 _C.DEBUG.SAVE_HEATMAPS_GT = True
 _C.DEBUG.SAVE_HEATMAPS_PRED = True
 _C.DEBUG.SAVE_TAGMAPS_PRED = True
+_C.DEBUG.SAVE_SCALEMAPS_PRED = True  # NEW: SWAHR's scale maps (LOSS.HEATMAPS_LOSS_TYPE 'swahr')
 _C.DEBUG.SAVE_FREQ = 0  # NEW: debug grids at the steps of each epoch that are multiples of N (0 = PRINT_FREQ)
 
 MODEL_NAMES = ("pose_higher_hrnet", "higher_pose")
 TRAIN_DATASETS = ("coco_kpt", "crowd_pose_kpt", "custom_kpt")
 TEST_DATASETS = ("coco", "crowd_pose", "custom")
+LR_SCHEDULERS = ("multistep", "cosine", "warmup_linear")
+HEATMAPS_LOSS_TYPES = ("mse", "wahr", "qfl", "swahr")
 MAX_LR = 1e3  # upper bound of TRAIN.LR: far above any LR that trains, far below a float32 overflow
 
 
@@ -293,6 +297,13 @@ def update_config(cfg: CN, args: Any) -> None:
 
 def _fail(source: str, key: str, value: Any, why: str) -> None:
     raise ConfigError(f"{source}: {key} = {value!r}: {why}")
+
+
+def _check_warmup_linear(cfg: CN, source: str) -> None:
+    if not 0 <= cfg.TRAIN.WARM_UP_EPOCH < cfg.TRAIN.END_EPOCH:
+        _fail(source, "TRAIN.WARM_UP_EPOCH", cfg.TRAIN.WARM_UP_EPOCH, "must be in [0, TRAIN.END_EPOCH)")
+    if cfg.TRAIN.WARMUP_ITERS > 0:  # two warm-ups would multiply
+        _fail(source, "TRAIN.WARMUP_ITERS", cfg.TRAIN.WARMUP_ITERS, "must be 0 with TRAIN.LR_SCHEDULER 'warmup_linear'")
 
 
 def check_config(cfg: CN, source: str = "config") -> None:
@@ -398,12 +409,14 @@ def check_config(cfg: CN, source: str = "config") -> None:
         _fail(source, "TRAIN.EMA_DECAY", cfg.TRAIN.EMA_DECAY, "must be in [0, 1) (0 = off)")
     if cfg.MODEL.INIT_SCHEME not in ("higherhrnet", "kaiming"):
         _fail(source, "MODEL.INIT_SCHEME", cfg.MODEL.INIT_SCHEME, "choose 'higherhrnet' or 'kaiming'")
-    if cfg.TRAIN.LR_SCHEDULER not in ("multistep", "cosine"):
-        _fail(source, "TRAIN.LR_SCHEDULER", cfg.TRAIN.LR_SCHEDULER, "choose 'multistep' or 'cosine'")
+    if cfg.TRAIN.LR_SCHEDULER not in LR_SCHEDULERS:
+        _fail(source, "TRAIN.LR_SCHEDULER", cfg.TRAIN.LR_SCHEDULER, f"choose one of {LR_SCHEDULERS}")
+    if cfg.TRAIN.LR_SCHEDULER == "warmup_linear":
+        _check_warmup_linear(cfg, source)
     if cfg.TRAIN.TIME_BUDGET < 0:
         _fail(source, "TRAIN.TIME_BUDGET", cfg.TRAIN.TIME_BUDGET, "must be >= 0 minutes (0 = no budget)")
-    if cfg.TRAIN.TIME_BUDGET > 0 and cfg.TRAIN.LR_SCHEDULER == "cosine":
-        # The cosine runs per step to END_EPOCH x steps; a budget changes the number of steps.
+    if cfg.TRAIN.TIME_BUDGET > 0 and cfg.TRAIN.LR_SCHEDULER != "multistep":
+        # cosine / warmup_linear run per step to END_EPOCH x steps; a budget changes the number of steps.
         _fail(source, "TRAIN.TIME_BUDGET", cfg.TRAIN.TIME_BUDGET, "needs TRAIN.LR_SCHEDULER 'multistep'")
     if cfg.TRAIN.OPTIMIZER not in ("adam", "adamw", "sgd"):
         _fail(source, "TRAIN.OPTIMIZER", cfg.TRAIN.OPTIMIZER, "choose 'adam', 'adamw' or 'sgd'")
@@ -413,8 +426,12 @@ def check_config(cfg: CN, source: str = "config") -> None:
         _fail(source, "LOSS.AE_LOSS_TYPE", cfg.LOSS.AE_LOSS_TYPE, "choose 'exp' or 'max'")
     if cfg.DATASET.USE_UDP and cfg.DATASET.SCALE_AWARE_SIGMA:
         _fail(source, "DATASET.USE_UDP", True, "is not implemented with DATASET.SCALE_AWARE_SIGMA True")
-    if cfg.LOSS.HEATMAPS_LOSS_TYPE not in ("mse", "wahr", "qfl"):
-        _fail(source, "LOSS.HEATMAPS_LOSS_TYPE", cfg.LOSS.HEATMAPS_LOSS_TYPE, "choose 'mse', 'wahr' or 'qfl'")
+    if cfg.LOSS.HEATMAPS_LOSS_TYPE not in HEATMAPS_LOSS_TYPES:
+        _fail(source, "LOSS.HEATMAPS_LOSS_TYPE", cfg.LOSS.HEATMAPS_LOSS_TYPE, f"choose one of {HEATMAPS_LOSS_TYPES}")
+    if cfg.LOSS.HEATMAPS_LOSS_TYPE == "swahr" and not all(cfg.LOSS.WITH_HEATMAPS_LOSS):
+        # SWAHR's scale maps are trained through the heatmap loss of their stage.
+        why = "LOSS.HEATMAPS_LOSS_TYPE 'swahr' needs a heatmap loss on every stage"
+        _fail(source, "LOSS.WITH_HEATMAPS_LOSS", list(cfg.LOSS.WITH_HEATMAPS_LOSS), why)
     if 1 not in [float(s) for s in cfg.TEST.SCALE_FACTOR]:
         # Tags are only taken at scale 1.0 (HigherHRNet's aggregate_results); without it there are none.
         _fail(source, "TEST.SCALE_FACTOR", list(cfg.TEST.SCALE_FACTOR), "must contain 1.0")

@@ -47,6 +47,7 @@ def save_debug_images(
     batch_outputs: Any,
     prefix: str | os.PathLike | None,
     batch_joints: Any | None = None,
+    batch_scale: Any | None = None,
 ) -> dict[str, np.ndarray]:
     """Training debug pictures of one output resolution (HigherHRNet's ``save_debug_images``).
 
@@ -55,17 +56,20 @@ def save_debug_images(
             ``SAVE_HEATMAPS_PRED`` → ``_hm_pred.jpg``, ``SAVE_TAGMAPS_PRED`` → ``_tag_pred.jpg`` (when the
             output has tag channels), ``SAVE_BATCH_IMAGES_GT`` → ``_gt.jpg`` (GT joints drawn, needs
             ``batch_joints``), ``SAVE_BATCH_IMAGES_PRED`` → ``_pred.jpg`` (poses grouped from the
-            predicted heatmaps + tags by ``HeatmapParser``, when the output has tags).
+            predicted heatmaps + tags by ``HeatmapParser``, when the output has tags),
+            ``SAVE_SCALEMAPS_PRED`` → ``_scale_pred.jpg`` (when ``batch_scale`` is given).
         batch_images: (B, 3, S, S) ImageNet-normalised RGB input.
         batch_heatmaps: (B, K, R, R) GT heatmaps or None.
         batch_masks: (B, R, R) loss masks or None.
-        batch_outputs: (B, K [+ K tags], R, R) network output of this resolution.
+        batch_outputs: (B, K [+ K tags], R, R) network output of this resolution, without scale maps.
         prefix: path prefix of the files (e.g. ``output/.../train_100_output_128``); None = write
             nothing, only return the grids.
         batch_joints: (B, M, K, 2) tag-loss joints of this resolution (for ``_gt.jpg``).
+        batch_scale: (B, K, R, R) SWAHR's scale maps of this resolution (signed; drawn min-max
+            normalised, as the tag maps) or None.
 
     Returns:
-        ``{'hm_gt' | 'hm_pred' | 'tag_pred' | 'gt' | 'pred': (H, W, 3) uint8 BGR grid}`` for what was
+        ``{'hm_gt' | 'hm_pred' | 'tag_pred' | 'scale_pred' | 'gt' | 'pred': (H, W, 3) uint8 BGR grid}`` for what was
         made; log to TensorBoard with :func:`~higherpose.utils.vis.add_debug_images`.
     """
     grids: dict[str, np.ndarray] = {}
@@ -84,6 +88,9 @@ def save_debug_images(
         grids["hm_pred"] = save_batch_maps(images, pred_heatmaps, batch_masks, None, "heatmap", normalize=False)
     if dbg.SAVE_TAGMAPS_PRED and pred_tags.shape[1]:
         grids["tag_pred"] = save_batch_maps(images, pred_tags, batch_masks, None, "tagmap", normalize=False)
+
+    if dbg.get("SAVE_SCALEMAPS_PRED", False) and batch_scale is not None:
+        grids["scale_pred"] = save_batch_maps(images, batch_scale, batch_masks, None, "tagmap", normalize=False)
 
     if dbg.SAVE_BATCH_IMAGES_GT and batch_joints is not None:
         spec = spec_from_cfg(cfg)

@@ -9,6 +9,10 @@ the tags; the mirrored pass permutes joint channels by the dataset's flip index;
 ``DATASET.WITH_CENTER`` the last joint is the person centre, left out of grouping when
 ``TEST.IGNORE_CENTER``.
 
+With ``LOSS.HEATMAPS_LOSS_TYPE 'swahr'`` a network in training mode puts K scale maps in front of every
+stage's channels (SWAHR's ``[scale | heatmaps | tags]``); :meth:`OutputLayout.split_scale` takes them
+off, and in eval mode the network returns the layout above without them.
+
 :class:`OutputLayout` carries these facts as plain values, so the loss, the test-time stage
 averaging and the UDP resampling decode an output the same way without reading the config per stage.
 """
@@ -54,6 +58,7 @@ class OutputLayout:
         tag_per_joint: K tag maps per tag stage (their channels flip with the joints), else one.
         with_center: the last joint is the person centre (``DATASET.WITH_CENTER``).
         ignore_center: the centre joint is dropped before grouping (``TEST.IGNORE_CENTER``).
+        scale_maps: training-mode outputs start with K scale maps (``LOSS.HEATMAPS_LOSS_TYPE 'swahr'``).
     """
 
     num_joints: int
@@ -62,12 +67,14 @@ class OutputLayout:
     tag_per_joint: bool
     with_center: bool
     ignore_center: bool
+    scale_maps: bool = False
 
     @classmethod
     def from_config(cls, cfg: Any) -> OutputLayout:
         """Read ``LOSS.WITH_HEATMAPS_LOSS`` / ``WITH_AE_LOSS``, ``TEST.WITH_HEATMAPS`` / ``WITH_AE``
         (one entry per ``LOSS.NUM_STAGES``), ``MODEL.NUM_JOINTS``, ``MODEL.TAG_PER_JOINT``,
-        ``DATASET.WITH_CENTER``, ``TEST.IGNORE_CENTER`` and the dataset's flip index."""
+        ``DATASET.WITH_CENTER``, ``TEST.IGNORE_CENTER``, ``LOSS.HEATMAPS_LOSS_TYPE`` and the dataset's
+        flip index."""
         num_stages = cfg.LOSS.NUM_STAGES
         flags = {
             "LOSS.WITH_HEATMAPS_LOSS": cfg.LOSS.WITH_HEATMAPS_LOSS,
@@ -102,6 +109,7 @@ class OutputLayout:
             tag_per_joint=bool(cfg.MODEL.TAG_PER_JOINT),
             with_center=bool(cfg.DATASET.WITH_CENTER),
             ignore_center=bool(cfg.TEST.IGNORE_CENTER),
+            scale_maps=cfg.LOSS.get("HEATMAPS_LOSS_TYPE", "mse") == "swahr",
         )
 
     @property
@@ -118,6 +126,19 @@ class OutputLayout:
         if not 0 <= i < len(self.stages):
             raise ValueError(f"output {i} has no layout: LOSS.NUM_STAGES = {len(self.stages)}")
         return self.stages[i]
+
+    def split_scale(self, output: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """A training-mode stage output -> ``(scale maps (B, K, H, W) or None, the rest (B, C_i, H, W))``;
+        the rest is decoded by :meth:`heatmaps` and :meth:`tags`. Without ``scale_maps``: ``(None, output)``."""
+        if not self.scale_maps:
+            return None, output
+        if output.shape[1] < 2 * self.num_joints:
+            raise ValueError(
+                f"a stage output of {output.shape[1]} channels has no room for {self.num_joints} scale maps and "
+                f"{self.num_joints} heatmaps (LOSS.HEATMAPS_LOSS_TYPE 'swahr'; the network adds the scale maps in "
+                "training mode only)"
+            )
+        return output[:, : self.num_joints], output[:, self.num_joints :]
 
     def heatmaps(self, output: torch.Tensor, flipped: bool = False) -> torch.Tensor:
         """The heatmaps (B, K, H, W) of a stage output (B, C, H, W) with ``has_heatmaps``. ``flipped``:

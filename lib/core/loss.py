@@ -5,6 +5,10 @@ count in the denominator), AE push ``/(N (N-1)) * 0.5`` and pull ``/N`` over the
 least one labelled joint. The AE loss is vectorised over images, persons and joints (one gather,
 segment means and a pairwise matrix) instead of the official Python loop over persons x joints; the
 loop is kept in ``tests/core/test_loss.py`` as the reference it must equal in value and gradient.
+
+``LOSS.HEATMAPS_LOSS_TYPE 'swahr'`` is SWAHR's loss (Luo et al., CVPR 2021; official code
+greatlog/SWAHR-HumanPose, kept in :mod:`higherpose.bench.reference_swahr` as the reference): scale-adaptive
+targets from the network's scale maps, the weight-adaptive term, and a scale loss per stage.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from torch import nn
 
 from higherpose.core.layout import OutputLayout
 
-HEATMAP_LOSS_TYPES = ("mse", "wahr", "qfl")
+HEATMAP_LOSS_TYPES = ("mse", "wahr", "qfl", "swahr")
 
 
 class HeatmapLoss(nn.Module):
@@ -34,6 +38,12 @@ class HeatmapLoss(nn.Module):
     returns their sigmoid in eval mode): binary cross-entropy against the Gaussian target, weighted by
     ``|sigmoid(pred) - g|**2``. Cross-entropy's gradient does not vanish on the small Gaussian tails
     as MSE's does, and the focal weight mutes the many background pixels already near 0.
+
+    'swahr': SWAHR's scale-adaptive heatmap regression with the 'wahr' weight. With the scale
+    ``s`` (0 where g = 0) and ``L = ln g`` (0 where g = 0), the target is ``g + g L s + g L^2 s^2 / 2``,
+    the second-order expansion of ``g**(1 + s)``: a Gaussian of standard deviation ``sigma / sqrt(1 + s)``,
+    so the network widens (s < 0) or narrows (s > 0) each target to the person's scale. The weight is
+    computed from the unscaled g.
     """
 
     def __init__(self, loss_type: str = "mse"):
@@ -42,20 +52,39 @@ class HeatmapLoss(nn.Module):
             raise ValueError(f"LOSS.HEATMAPS_LOSS_TYPE = {loss_type!r}: choose one of {HEATMAP_LOSS_TYPES}")
         self.loss_type = loss_type
 
-    def forward(self, pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """pred, gt: (B, K, H, W); mask: (B, H, W) -> (B,)."""
+    def forward(
+        self, pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor, scale: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """pred, gt: (B, K, H, W); mask: (B, H, W); scale ('swahr' only): (B, K, H, W), 0 where gt = 0
+        -> (B,)."""
         if pred.shape != gt.shape:
             raise ValueError(f"heatmap prediction {tuple(pred.shape)} and target {tuple(gt.shape)} differ")
+        if (scale is not None) != (self.loss_type == "swahr"):
+            raise ValueError(f"LOSS.HEATMAPS_LOSS_TYPE = {self.loss_type!r}: scale maps are given to 'swahr' only")
         if self.loss_type == "qfl":
             weight = (torch.sigmoid(pred) - gt).pow(2)
             loss = F.binary_cross_entropy_with_logits(pred, gt, reduction="none") * weight
             loss = loss * mask[:, None, :, :].expand_as(pred)
             return loss.mean(dim=3).mean(dim=2).mean(dim=1)
-        loss = (pred - gt) ** 2
-        if self.loss_type == "wahr":
+        target = gt
+        if scale is not None:
+            log_gt = torch.log(torch.where(gt > 0, gt, torch.ones_like(gt)))
+            target = gt + gt * log_gt * scale + 0.5 * gt * log_gt**2 * scale**2
+        loss = (pred - target) ** 2
+        if self.loss_type in ("wahr", "swahr"):
             soft = gt.pow(0.01)
             loss = loss * (torch.abs(1 - pred) * soft + torch.abs(pred) * (1 - soft))
         loss = loss * mask[:, None, :, :].expand_as(pred)
+        return loss.mean(dim=3).mean(dim=2).mean(dim=1)
+
+
+class ScaleLoss(nn.Module):
+    """SWAHR's regulariser of the scale maps: ``s**2`` averaged per image over K x H x W, masked as the
+    heatmap loss. It keeps s near 0 (the dataset's sigma) unless the heatmap loss pays for a change."""
+
+    def forward(self, scale: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """scale: (B, K, H, W), 0 where the target is 0; mask: (B, H, W) -> (B,)."""
+        loss = scale**2 * mask[:, None, :, :].expand_as(scale)
         return loss.mean(dim=3).mean(dim=2).mean(dim=1)
 
 
@@ -106,7 +135,11 @@ class AELoss(nn.Module):
 
 
 class MultiLossFactory(nn.Module):
-    """Per-stage heatmap, push and pull losses, configured by ``cfg.LOSS`` (HigherHRNet semantics).
+    """Per-stage heatmap, push and pull losses, configured by ``cfg.LOSS`` (HigherHRNet semantics);
+    with ``LOSS.HEATMAPS_LOSS_TYPE 'swahr'`` also a scale loss per stage with a heatmap loss, returned
+    second (heatmaps, scale, push, pull), as the official SWAHR code does. The scale maps are the first K
+    channels of each training-mode output (SWAHR's ``[scale | heatmaps | tags]``); no factor scales
+    the scale loss, as in SWAHR.
 
     Which channels of stage ``i`` are heatmaps and which are tags comes from the
     :class:`~higherpose.core.layout.OutputLayout` built once here (``self.layout``).
@@ -123,8 +156,16 @@ class MultiLossFactory(nn.Module):
         for key in ("HEATMAPS_LOSS_FACTOR", "PUSH_LOSS_FACTOR", "PULL_LOSS_FACTOR"):
             if len(loss[key]) != self.num_stages:
                 raise ValueError(f"LOSS.{key} = {list(loss[key])}: needs LOSS.NUM_STAGES = {self.num_stages} entries")
+        if self.layout.scale_maps and not all(stage.has_heatmaps for stage in self.layout.stages):
+            raise ValueError(
+                f"LOSS.HEATMAPS_LOSS_TYPE 'swahr' needs a heatmap loss on every stage: LOSS.WITH_HEATMAPS_LOSS = "
+                f"{list(loss.WITH_HEATMAPS_LOSS)}"
+            )
         self.heatmaps_loss = [
             HeatmapLoss(loss.HEATMAPS_LOSS_TYPE) if stage.has_heatmaps else None for stage in self.layout.stages
+        ]
+        self.scale_loss = [
+            ScaleLoss() if stage.has_heatmaps and self.layout.scale_maps else None for stage in self.layout.stages
         ]
         self.ae_loss = [AELoss(loss.AE_LOSS_TYPE) if stage.has_tags else None for stage in self.layout.stages]
         self.heatmaps_loss_factor = [float(f) for f in loss.HEATMAPS_LOSS_FACTOR]
@@ -137,22 +178,28 @@ class MultiLossFactory(nn.Module):
         heatmaps: Sequence[torch.Tensor],
         masks: Sequence[torch.Tensor],
         joints: Sequence[torch.Tensor],
-    ) -> tuple[list[torch.Tensor | None], list[torch.Tensor | None], list[torch.Tensor | None]]:
-        """outputs[i]: (B, C_i, R_i, R_i); heatmaps[i]: (B, K, R_i, R_i); masks[i]: (B, R_i, R_i);
-        joints[i]: (B, M, K, 2). Returns three lists (one entry per stage) of (B,) tensors or None."""
+    ) -> tuple[list[torch.Tensor | None], ...]:
+        """outputs[i]: (B, C_i, R_i, R_i) (with 'swahr', (B, K + C_i, R_i, R_i)); heatmaps[i]: (B, K, R_i, R_i);
+        masks[i]: (B, R_i, R_i); joints[i]: (B, M, K, 2). Returns three lists (heatmaps, push, pull), with
+        'swahr' four (heatmaps, scale, push, pull), one entry per stage, of (B,) tensors or None."""
         for name, value in (("outputs", outputs), ("heatmaps", heatmaps), ("masks", masks), ("joints", joints)):
             if len(value) != self.num_stages:
                 raise ValueError(f"{name} has {len(value)} entries, LOSS.NUM_STAGES = {self.num_stages}")
         heatmaps_losses: list[torch.Tensor | None] = []
+        scale_losses: list[torch.Tensor | None] = []
         push_losses: list[torch.Tensor | None] = []
         pull_losses: list[torch.Tensor | None] = []
         for idx, (stage, output) in enumerate(zip(self.layout.stages, outputs)):
-            heatmap_loss, ae_loss = self.heatmaps_loss[idx], self.ae_loss[idx]
+            heatmap_loss, ae_loss, scale_loss = self.heatmaps_loss[idx], self.ae_loss[idx], self.scale_loss[idx]
+            scale, output = self.layout.split_scale(output)
             if heatmap_loss is not None:
-                hm = heatmap_loss(self.layout.heatmaps(output), heatmaps[idx], masks[idx])
+                if scale is not None:
+                    scale = scale * (heatmaps[idx] > 0).to(scale.dtype)  # SWAHR scales the Gaussians only
+                hm = heatmap_loss(self.layout.heatmaps(output), heatmaps[idx], masks[idx], scale)
                 heatmaps_losses.append(hm * self.heatmaps_loss_factor[idx])
             else:
                 heatmaps_losses.append(None)
+            scale_losses.append(scale_loss(scale, masks[idx]) if scale_loss is not None else None)
             if ae_loss is not None:
                 tags = self.layout.tags(stage, output).reshape(output.shape[0], -1, 1)
                 push, pull = ae_loss(tags, joints[idx])
@@ -161,4 +208,6 @@ class MultiLossFactory(nn.Module):
             else:
                 push_losses.append(None)
                 pull_losses.append(None)
+        if self.layout.scale_maps:
+            return heatmaps_losses, scale_losses, push_losses, pull_losses
         return heatmaps_losses, push_losses, pull_losses

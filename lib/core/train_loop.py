@@ -5,6 +5,9 @@ Differences from HigherHRNet: only rank 0 logs, writes TensorBoard and debug ima
 name the stage (not the batch index); torch.amp replaces apex; the loss runs in fp32; a non-finite loss
 stops the run (or skips the step) with the term named, and every rank takes the same decision; under
 float16 autocast it skips the step and lowers the loss scale, as GradScaler does for overflowing gradients.
+With SWAHR (``LOSS.HEATMAPS_LOSS_TYPE 'swahr'``) the scale terms are logged and summed under their own
+names and the scale maps drawn on their own (SWAHR's trainer logs the heatmap loss as its scale loss and
+passes ``[scale | heatmaps | tags]`` outputs to the debug pictures as heatmaps and tags).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch
 from torch import nn
 
 from higherpose.core.debug_images import save_debug_images
+from higherpose.core.layout import OutputLayout
 from higherpose.core.time_budget import EpochTimer, epoch_allowance
 from higherpose.models.pose_higher_hrnet import heatmap_probabilities, heatmaps_are_logits
 from higherpose.utils import distributed as du
@@ -146,17 +150,23 @@ def combine_losses(
     push_losses: Sequence[torch.Tensor | None],
     pull_losses: Sequence[torch.Tensor | None],
     ae_scale: float = 1.0,
+    scale_losses: Sequence[torch.Tensor | None] | None = None,
 ) -> tuple[torch.Tensor, list[tuple[str, torch.Tensor]]]:
-    """Sum the per-stage losses as HigherHRNet: ``Σ_s hm_s.mean() + push_s.mean() + pull_s.mean()``.
+    """Sum the per-stage losses as HigherHRNet: ``Σ_s hm_s.mean() + push_s.mean() + pull_s.mean()``,
+    plus ``scale_s.mean()`` with SWAHR's scale losses (``scale_losses``, as SWAHR's trainer).
 
     Each input is a list per stage of ``(B,)`` tensors or None. ``ae_scale`` multiplies push and
     pull (TRAIN.AE_WARMUP_*). Returns the total ``()`` and ``[(name, batch-mean term ())]`` with names
-    ``stage{s}_heatmaps`` / ``stage{s}_push`` / ``stage{s}_pull`` (terms as added to the total).
+    ``stage{s}_heatmaps`` / ``stage{s}_scale`` / ``stage{s}_push`` / ``stage{s}_pull`` (terms as added
+    to the total).
     """
     terms: list[tuple[str, torch.Tensor]] = []
-    for s, (hm, push, pull) in enumerate(zip(heatmaps_losses, push_losses, pull_losses)):
+    scale_losses = scale_losses if scale_losses is not None else [None] * len(heatmaps_losses)
+    for s, (hm, scale, push, pull) in enumerate(zip(heatmaps_losses, scale_losses, push_losses, pull_losses)):
         if hm is not None:
             terms.append((f"stage{s}_heatmaps", hm.mean(dim=0)))
+        if scale is not None:
+            terms.append((f"stage{s}_scale", scale.mean(dim=0)))
         if push is not None:
             terms.append((f"stage{s}_push", push.mean(dim=0) * ae_scale))
         if pull is not None:
@@ -167,6 +177,16 @@ def combine_losses(
     for _, t in terms[1:]:
         total = total + t
     return total, terms
+
+
+def split_losses(losses: Sequence[list]) -> tuple[list, list | None, list, list]:
+    """A loss factory's lists -> ``(heatmaps, scale or None, push, pull)``: three lists from HigherHRNet's
+    factory, four (heatmaps, scale, push, pull) from SWAHR's."""
+    if len(losses) == 4:
+        return losses[0], losses[1], losses[2], losses[3]
+    if len(losses) == 3:
+        return losses[0], None, losses[1], losses[2]
+    raise ValueError(f"a loss factory returns 3 or 4 per-stage lists, got {len(losses)}")
 
 
 def _to_device(batch: torch.Tensor | list[torch.Tensor], device: str) -> torch.Tensor | list[torch.Tensor]:
@@ -196,12 +216,15 @@ def _save_debug(
     """
     images, heatmaps, masks, joints = batch
     prefix = "{}_{}".format(os.path.join(output_dir, "train"), step)
+    layout = OutputLayout.from_config(cfg)
     for s, out in enumerate(outputs):
         res = cfg.DATASET.OUTPUT_SIZE[s]
-        out = out.detach().float()
+        scale, out = layout.split_scale(out.detach().float())  # SWAHR's scale maps, drawn on their own
         if heatmaps_are_logits(cfg):  # training-mode outputs are logits: show probabilities
             out = heatmap_probabilities(out, cfg.MODEL.NUM_JOINTS)
-        grids = save_debug_images(cfg, images, heatmaps[s], masks[s], out, f"{prefix}_output_{res}", joints[s])
+        grids = save_debug_images(
+            cfg, images, heatmaps[s], masks[s], out, f"{prefix}_output_{res}", joints[s], batch_scale=scale
+        )
         if writer is not None and grids:
             add_debug_images(writer, grids, global_step, tag=f"train_debug/output_{res}")
 
@@ -209,7 +232,8 @@ def _save_debug(
 def _debug_wanted(cfg: Any) -> bool:
     d = cfg.DEBUG
     keys = ("SAVE_BATCH_IMAGES_GT", "SAVE_BATCH_IMAGES_PRED", "SAVE_HEATMAPS_GT", "SAVE_HEATMAPS_PRED")
-    return bool(d.DEBUG) and (any(d[k] for k in keys) or bool(d.SAVE_TAGMAPS_PRED))
+    swahr = cfg.LOSS.HEATMAPS_LOSS_TYPE == "swahr" and d.SAVE_SCALEMAPS_PRED
+    return bool(d.DEBUG) and (any(d[k] for k in keys) or bool(d.SAVE_TAGMAPS_PRED) or bool(swahr))
 
 
 def do_train(
@@ -277,8 +301,8 @@ def do_train(
             outputs = model(images)
         # The loss runs in fp32: MSE of small heatmap values and exp() of tag distances underflow in fp16.
         outputs = [o.float() for o in outputs]
-        hm_l, push_l, pull_l = loss_factory(outputs, heatmaps, masks, joints)
-        total, terms = combine_losses(hm_l, push_l, pull_l, _ae_scale(cfg, state.global_step))
+        hm_l, scale_l, push_l, pull_l = split_losses(loss_factory(outputs, heatmaps, masks, joints))
+        total, terms = combine_losses(hm_l, push_l, pull_l, _ae_scale(cfg, state.global_step), scale_l)
 
         # Term values, their finiteness and whether the time budget ends the epoch here stay on the device
         # until backward is queued; the one host read per step comes before the optimiser step, the first

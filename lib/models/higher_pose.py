@@ -5,7 +5,9 @@ with the same module names, so ImageNet HRNet weights and HigherHRNet checkpoint
 shared part; every new parameter lives under ``sat_head.``. The SAT head
 (:class:`~higherpose.models.sat_head.SATHead`) transforms the stage-4 1/4-resolution features before
 HigherHRNet's heads and adds its dynamic heatmap term to the 1/4 heatmaps. Outputs are HigherHRNet's:
-``[(B, K + K_tag, H/4, W/4), (B, K, H/2, W/2)]``.
+``[(B, K + K_tag, H/4, W/4), (B, K, H/2, W/2)]``; with ``LOSS.HEATMAPS_LOSS_TYPE 'swahr'`` SWAHR's scale
+branches read the same features as the heads (the SAT head's output at 1/4) and, in training mode,
+put K scale maps in front of each output.
 """
 
 from __future__ import annotations

@@ -29,6 +29,11 @@ def heatmaps_are_logits(cfg: Any) -> bool:
     return cfg.LOSS.get("HEATMAPS_LOSS_TYPE", "mse") == "qfl"
 
 
+def has_scale_maps(cfg: Any) -> bool:
+    """Whether the config's heatmap loss is SWAHR's ('swahr'): the network grows scale branches."""
+    return cfg.LOSS.get("HEATMAPS_LOSS_TYPE", "mse") == "swahr"
+
+
 def heatmap_probabilities(output: torch.Tensor, num_joints: int) -> torch.Tensor:
     """(B, C, H, W) with heatmap logits in the first ``num_joints`` channels -> the same with their
     sigmoid (the tag channels untouched)."""
@@ -40,6 +45,12 @@ class PoseHigherResolutionNet(nn.Module):
 
     ``forward(x: (B, 3, H, W))`` returns ``[(B, K + K_tag, H/4, W/4), (B, K, H/2, W/2)]``
     (K heatmaps + K tag maps at 1/4, K heatmaps at 1/2) for the official two-stage configs.
+
+    With ``LOSS.HEATMAPS_LOSS_TYPE 'swahr'`` each stage has SWAHR's scale branch ``conv_scale_layers[i]``
+    (Conv1x1 C -> K with bias, BN, ReLU, depthwise Conv9x9 K -> K with bias, the last conv starting at
+    zero) on the features that ``final_layers[i]`` reads; in training mode stage ``i`` returns
+    ``cat([scale (K), heatmaps, tags])`` (SWAHR's layout), in eval mode the outputs above, since
+    nothing at test time uses the scale maps. The deconv branch takes the heatmaps and tags either way.
     """
 
     def __init__(self, cfg: Any):
@@ -49,6 +60,7 @@ class PoseHigherResolutionNet(nn.Module):
         # LOSS.HEATMAPS_LOSS_TYPE 'qfl' trains the heatmap channels as logits; in eval mode the model
         # returns their sigmoid, so grouping, the demo and ONNX see probabilities as with 'mse'.
         self.heatmaps_as_logits = heatmaps_are_logits(cfg)
+        self.with_scale_maps = has_scale_maps(cfg)
         # HigherHRNet hard-codes the stem width (64) and layer1 (4 Bottlenecks of 64 planes) and ignores
         # STEM_INPLANES / STAGE1. We honour STEM_INPLANES and the optional STAGE1.NUM_BLOCKS /
         # NUM_CHANNELS so tiny CPU configs can shrink the stem, which dominates a narrow HRNet's cost;
@@ -90,6 +102,8 @@ class PoseHigherResolutionNet(nn.Module):
 
         self.final_layers = self._make_final_layers(extra, pre[0])
         self.deconv_layers = self._make_deconv_layers(extra, pre[0])
+        if self.with_scale_maps:  # after the deconvs, as in SWAHR (parameter order)
+            self.conv_scale_layers = self._make_scale_layers(extra, pre[0])
 
     # ----------------------------------------------------------------------------------------------
     # construction
@@ -109,6 +123,29 @@ class PoseHigherResolutionNet(nn.Module):
             channels = extra.DECONV.NUM_CHANNELS[i]
             layers.append(nn.Conv2d(channels, self._head_channels(i + 1), kernel, 1, padding))
         return nn.ModuleList(layers)
+
+    def _make_scale_layers(self, extra: Any, input_channels: int) -> nn.ModuleList:
+        """SWAHR's scale branch per stage, reading the features of ``final_layers[i]`` (C channels)."""
+        k = self.num_joints
+        layers = []
+        for channels in [input_channels, *extra.DECONV.NUM_CHANNELS[: extra.DECONV.NUM_DECONVS]]:
+            layers.append(
+                nn.Sequential(
+                    nn.Conv2d(channels, k, 1, 1, 0),
+                    nn.BatchNorm2d(k),  # PyTorch's default momentum, as SWAHR
+                    nn.ReLU(inplace=True),
+                    nn.Conv2d(k, k, 9, 1, 4, groups=k),
+                )
+            )
+        self._zero_scale_outputs(layers)
+        return nn.ModuleList(layers)
+
+    @staticmethod
+    def _zero_scale_outputs(layers: Any) -> None:
+        """The scale maps start at 0: the targets start as the dataset's Gaussians."""
+        for layer in layers:
+            nn.init.zeros_(layer[-1].weight)
+            nn.init.zeros_(layer[-1].bias)
 
     def _make_deconv_layers(self, extra: Any, input_channels: int) -> nn.ModuleList:
         deconv = extra.DECONV
@@ -215,17 +252,22 @@ class PoseHigherResolutionNet(nn.Module):
 
     def forward_heads(self, x: torch.Tensor, extra_heatmaps: torch.Tensor | None = None) -> list[torch.Tensor]:
         """HigherHRNet heads on the 1/4 features ``x``; ``extra_heatmaps (B, K, H/4, W/4)`` is added to
-        the 1/4 heatmap channels before they feed the deconv branch (used by the SAT head)."""
+        the 1/4 heatmap channels before they feed the deconv branch (used by the SAT head). With SWAHR's
+        scale branches, in training mode each output is ``(B, K + C_i, R_i, R_i)``: the scale maps first."""
         y = self.final_layers[0](x)
         if extra_heatmaps is not None:
             y = torch.cat((y[:, : self.num_joints] + extra_heatmaps, y[:, self.num_joints :]), dim=1)
         final_outputs = [y]
+        features = [x]  # what the scale branches read
         for i in range(self.num_deconvs):
             if self.deconv_config.CAT_OUTPUT[i]:
                 x = torch.cat((x, y), 1)
             x = self.deconv_layers[i](x)
             y = self.final_layers[i + 1](x)
             final_outputs.append(y)
+            features.append(x)
+        if self.with_scale_maps and self.training:
+            return [torch.cat((layer(f), o), 1) for layer, f, o in zip(self.conv_scale_layers, features, final_outputs)]
         if self.heatmaps_as_logits and not self.training:  # the deconv branch above took the logits
             final_outputs = [heatmap_probabilities(o, self.num_joints) for o in final_outputs]
         return final_outputs
@@ -239,7 +281,7 @@ class PoseHigherResolutionNet(nn.Module):
         """``MODEL.INIT_SCHEME``: ``higherhrnet`` = HigherHRNet's init, every conv and deconv ~ N(0, 0.001²);
         ``kaiming`` = Kaiming-normal (fan_out, ReLU) for every conv and deconv except the output convs
         (``final_layers``), which keep N(0, 0.001²) so the first heatmaps and tags are near 0.
-        Biases 0, BN weight 1 / bias 0 in both.
+        Biases 0, BN weight 1 / bias 0 in both; SWAHR's scale branches end in a zero conv (as SWAHR).
 
         HigherHRNet's init assumes an ImageNet backbone is loaded over it. Trained from scratch with
         Adam, its 0.001-scale weights take huge relative steps under BatchNorm at first: on the
@@ -264,6 +306,8 @@ class PoseHigherResolutionNet(nn.Module):
             # steps are not spent pushing the whole background from 0.5 down.
             for layer in self.final_layers:
                 nn.init.constant_(layer.bias[: self.num_joints], -math.log((1 - HEATMAP_PRIOR) / HEATMAP_PRIOR))
+        if self.with_scale_maps:
+            self._zero_scale_outputs(self.conv_scale_layers)
 
     def init_weights(self, pretrained: str = "", verbose: bool = True) -> None:
         """Reset all weights, then load the layers named in ``PRETRAINED_LAYERS`` from an ImageNet

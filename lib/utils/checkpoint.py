@@ -17,6 +17,7 @@ logger = logging.getLogger(__name__)
 # Prefixes that wrappers put in front of the bare model's keys: DDP/DataParallel ('module.') and
 # HigherHRNet's fp16 ``nn.Sequential(tofp16(), model, tofp32())`` ('1.'), possibly both.
 _WRAPPER_PREFIXES = ("module.", "1.")
+_SCALE_PREFIX = "conv_scale_layers."  # SWAHR's scale branches (LOSS.HEATMAPS_LOSS_TYPE 'swahr')
 
 
 class CheckpointError(RuntimeError):
@@ -87,6 +88,7 @@ def load_pose_state_dict(
             + _describe("missing keys", missing)
             + _describe("unexpected keys", unexpected)
             + _describe("shape differences", shapes)
+            + _scale_branch_hint(missing, unexpected)
             + "(load non-strictly to take only the matching tensors)"
         )
     bad = {s.split(":")[0] for s in shapes}
@@ -99,6 +101,15 @@ def load_pose_state_dict(
             source, len(loadable), len(missing), len(unexpected), len(shapes),
         )  # fmt: skip
     return missing, unexpected
+
+
+def _scale_branch_hint(missing: list[str], unexpected: list[str]) -> str:
+    """What SWAHR's scale branches (``conv_scale_layers.*``) on one side only mean for the config."""
+    if any(k.startswith(_SCALE_PREFIX) for k in unexpected):
+        return "  the checkpoint has SWAHR's scale branches: set LOSS.HEATMAPS_LOSS_TYPE swahr\n"
+    if any(k.startswith(_SCALE_PREFIX) for k in missing):
+        return "  the model has SWAHR's scale branches (LOSS.HEATMAPS_LOSS_TYPE swahr), the checkpoint has none\n"
+    return ""
 
 
 def _describe(title: str, items: list[str], limit: int = 20) -> str:

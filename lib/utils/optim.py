@@ -1,4 +1,4 @@
-"""Optimiser and learning-rate schedule (HigherHRNet's, plus AdamW and a linear warm-up)."""
+"""Optimiser and learning-rate schedule (HigherHRNet's, plus AdamW, a linear warm-up, a cosine and SWAHR's)."""
 
 from __future__ import annotations
 
@@ -38,6 +38,10 @@ class WarmupMultiStepLR(torch.optim.lr_scheduler.LRScheduler):
     (on the synthetic quick start it did not beat HigherHRNet's late drop: docs/experiments/quickstart.md,
     "Which batch size, learning rate, schedule and initialisation?").
 
+    With ``linear_iters > 0`` it is SWAHR's schedule instead (``TRAIN.LR_SCHEDULER 'warmup_linear'``):
+    step ``t`` has ``base_lr * (0.1 + 0.9 t / W)`` for ``t < W = linear_warmup_iters``, then
+    ``base_lr * (1 - (t - W) / (linear_iters - W))``, reaching 0 at the last step of ``END_EPOCH``.
+
     Closed form, so resuming only needs ``last_epoch`` and ``global_step`` (both in ``state_dict``).
     Call :meth:`step` once per epoch (after it, as HigherHRNet) and :meth:`step_iter` before every
     optimiser step; without warm-up ``step_iter`` is a no-op and this equals ``MultiStepLR``.
@@ -51,15 +55,24 @@ class WarmupMultiStepLR(torch.optim.lr_scheduler.LRScheduler):
         warmup_iters: int = 0,
         last_epoch: int = -1,
         cosine_iters: int = 0,
+        linear_iters: int = 0,
+        linear_warmup_iters: int = 0,
     ) -> None:
         self.milestones = sorted(int(m) for m in milestones)
         self.gamma = float(gamma)
         self.warmup_iters = int(warmup_iters)
         self.cosine_iters = int(cosine_iters)
+        self.linear_iters = int(linear_iters)
+        self.linear_warmup_iters = int(linear_warmup_iters)
         self.global_step = 0
         super().__init__(optimizer, last_epoch)
 
     def _factor(self) -> float:
+        if self.linear_iters > 0:
+            step, warm = self.global_step, self.linear_warmup_iters
+            if step < warm:
+                return 0.1 + 0.9 * step / warm
+            return max(0.0, 1.0 - (step - warm) / max(1, self.linear_iters - warm))
         if self.cosine_iters > 0:
             progress = min(self.global_step, self.cosine_iters) / self.cosine_iters
             decay = 0.5 * (1.0 + math.cos(math.pi * progress))
@@ -80,7 +93,7 @@ class WarmupMultiStepLR(torch.optim.lr_scheduler.LRScheduler):
     def step_iter(self, global_step: int) -> None:
         """Set the LR for optimiser step ``global_step`` (0-based, counted over the whole run)."""
         self.global_step = int(global_step)
-        if self.warmup_iters > 0 or self.cosine_iters > 0:
+        if self.warmup_iters > 0 or self.cosine_iters > 0 or self.linear_iters > 0:
             self._apply()
 
     def set_epoch(self, epoch: int) -> None:
@@ -89,26 +102,34 @@ class WarmupMultiStepLR(torch.optim.lr_scheduler.LRScheduler):
         self._apply()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        # The cosine length follows the current END_EPOCH, not the checkpoint's: a run resumed with a
-        # longer schedule stretches its cosine instead of sitting at LR 0.
-        cosine_iters = self.cosine_iters
+        # The cosine / linear lengths follow the current END_EPOCH, not the checkpoint's: a run resumed
+        # with a longer schedule stretches its decay instead of sitting at LR 0.
+        lengths = self.cosine_iters, self.linear_iters, self.linear_warmup_iters
         super().load_state_dict(state_dict)
-        self.cosine_iters = cosine_iters
+        self.cosine_iters, self.linear_iters, self.linear_warmup_iters = lengths
         self._apply()
 
 
 def build_scheduler(cfg: Any, optimizer: torch.optim.Optimizer, steps_per_epoch: int = 0) -> WarmupMultiStepLR:
     """``TRAIN.LR_SCHEDULER``: ``multistep`` (HigherHRNet: ``LR_STEP`` milestones in epochs, ``LR_FACTOR``
-    decay) or ``cosine`` (per step to 0 at ``END_EPOCH``; needs ``steps_per_epoch``); both with the
-    ``TRAIN.WARMUP_ITERS`` linear warm-up."""
+    decay) or ``cosine`` (per step to 0 at ``END_EPOCH``), both with the ``TRAIN.WARMUP_ITERS`` linear
+    warm-up; or ``warmup_linear`` (SWAHR: from 0.1 x ``LR`` up over ``TRAIN.WARM_UP_EPOCH`` epochs, then
+    down to 0 at ``END_EPOCH``). The per-step schedules need ``steps_per_epoch``.
+
+    ``TRAIN.LR`` is the run's LR whatever the number of processes; SWAHR's YAMLs give a per-GPU LR that
+    its code multiplies by its constant ``WORLD_SIZE`` 8."""
     name = cfg.TRAIN.LR_SCHEDULER
-    if name not in ("multistep", "cosine"):
-        raise ValueError(f"TRAIN.LR_SCHEDULER = {name!r}: choose 'multistep' or 'cosine'")
-    cosine_iters = 0
-    if name == "cosine":
-        if steps_per_epoch <= 0:
-            raise ValueError("TRAIN.LR_SCHEDULER = 'cosine' needs the number of steps per epoch")
-        cosine_iters = int(cfg.TRAIN.END_EPOCH) * int(steps_per_epoch)
+    if name not in ("multistep", "cosine", "warmup_linear"):
+        raise ValueError(f"TRAIN.LR_SCHEDULER = {name!r}: choose 'multistep', 'cosine' or 'warmup_linear'")
+    if name != "multistep" and steps_per_epoch <= 0:
+        raise ValueError(f"TRAIN.LR_SCHEDULER = {name!r} needs the number of steps per epoch")
+    total = int(cfg.TRAIN.END_EPOCH) * int(steps_per_epoch)
     return WarmupMultiStepLR(
-        optimizer, cfg.TRAIN.LR_STEP, cfg.TRAIN.LR_FACTOR, cfg.TRAIN.WARMUP_ITERS, cosine_iters=cosine_iters
+        optimizer,
+        cfg.TRAIN.LR_STEP,
+        cfg.TRAIN.LR_FACTOR,
+        cfg.TRAIN.WARMUP_ITERS,
+        cosine_iters=total if name == "cosine" else 0,
+        linear_iters=total if name == "warmup_linear" else 0,
+        linear_warmup_iters=int(cfg.TRAIN.WARM_UP_EPOCH) * int(steps_per_epoch) if name == "warmup_linear" else 0,
     )

@@ -122,6 +122,18 @@ def test_odd_override_list_fails() -> None:
         (("TRAIN.LR", "1e999"), ("TRAIN.LR", "inf")),
         (("TRAIN.LR", "-0.001"), ("TRAIN.LR", "-0.001")),
         (("TRAIN.LR", "1e40"), ("TRAIN.LR", "1e+40")),
+        # SWAHR's scale maps are trained through their stage's heatmap loss
+        (
+            ("LOSS.HEATMAPS_LOSS_TYPE", "swahr", "LOSS.WITH_HEATMAPS_LOSS", "[False, True]"),
+            ("LOSS.WITH_HEATMAPS_LOSS", "swahr"),
+        ),
+        (("TRAIN.LR_SCHEDULER", "step"), ("TRAIN.LR_SCHEDULER", "warmup_linear")),
+        (("TRAIN.LR_SCHEDULER", "warmup_linear", "TRAIN.WARMUP_ITERS", "10"), ("TRAIN.WARMUP_ITERS", "warmup_linear")),
+        (("TRAIN.LR_SCHEDULER", "warmup_linear", "TRAIN.WARM_UP_EPOCH", "40"), ("TRAIN.WARM_UP_EPOCH", "END_EPOCH")),
+        (
+            ("TRAIN.TIME_BUDGET", "15", "TRAIN.LR_SCHEDULER", "warmup_linear", "TRAIN.WARMUP_ITERS", "0"),
+            ("TRAIN.TIME_BUDGET", "multistep"),
+        ),
     ],
 )
 def test_inconsistent_values_fail_by_name(opts: tuple[str, ...], names: tuple[str, ...]) -> None:
@@ -158,3 +170,18 @@ def test_inconsistent_yaml_names_file(tmp_path: Path) -> None:
 def test_missing_file() -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_cfg("/nonexistent/x.yaml")
+
+
+def test_swahr_yaml_merges_as_it_is(tmp_path: Path) -> None:
+    """SWAHR's CrowdPose YAML (greatlog/SWAHR-HumanPose) differs from HigherHRNet's in TRAIN.WARM_UP_EPOCH
+    (3 by default), no LR_STEP, an FP16 block and SyncBN: it merges without an edit."""
+    text = (EXPERIMENTS / "crowd_pose/higher_hrnet/w48_640_adam_lr1e-3.yaml").read_text()
+    text = re.sub(r"  LR_STEP: .*\n", "", text).replace("  LR: 0.001\n", "  LR: 0.00012\n")
+    text = text.replace("PRINT_FREQ: 100\n", "PRINT_FREQ: 100\nFP16:\n  ENABLED: False\n  DYNAMIC_LOSS_SCALE: False\n")
+    text = text.replace("  END_EPOCH: 300\n", "  END_EPOCH: 300\n  WARM_UP_EPOCH: 3\n")
+    path = tmp_path / "swahr_w48_640.yaml"
+    path.write_text(text)
+    cfg = load_cfg(path)
+    assert cfg.TRAIN.WARM_UP_EPOCH == 3 and cfg.TRAIN.LR == 0.00012
+    switched = load_cfg(path, "LOSS.HEATMAPS_LOSS_TYPE", "swahr", "TRAIN.LR_SCHEDULER", "warmup_linear")
+    assert switched.LOSS.HEATMAPS_LOSS_TYPE == "swahr"

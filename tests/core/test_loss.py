@@ -1,13 +1,17 @@
 """The vectorised AE loss equals HigherHRNet's per-person loop in value and gradient; MultiLossFactory
-follows the official stage/offset/factor semantics."""
+follows the official stage/offset/factor semantics; its SWAHR loss equals SWAHR's official code."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from higherpose.bench.reference import loop_ae_loss
 from higherpose.core.loss import AELoss, HeatmapLoss, MultiLossFactory
+from higherpose.bench.reference_swahr import swahr_multi_loss, swahr_total_loss
+from higherpose.core.train_loop import combine_losses
+from higherpose.dataset.target_generators import HeatmapGenerator, JointsGenerator
 from tests.conftest import TINY_HRNET, load_cfg
 
 
@@ -149,3 +153,101 @@ def test_multi_loss_factory_checks_lengths():
     cfg = load_cfg(TINY_HRNET)
     with pytest.raises(ValueError, match="NUM_STAGES"):
         MultiLossFactory(cfg)([torch.zeros(1)], [None], [None], [None])
+
+
+# -------------------------------------------------------------------------------------------------- SWAHR
+def swahr_batch(cfg, persons: list[int], seed: int, resolutions=(12, 24)):
+    """Random ``[scale | heatmaps | tags]`` outputs and targets from the project's generators: persons[i]
+    persons in image i (joints partly outside the map or unlabelled), masks with rectangular holes."""
+    rng = np.random.default_rng(seed)
+    k = cfg.MODEL.NUM_JOINTS
+    people = []
+    for n in persons:
+        xy = rng.uniform(-1, resolutions[0] + 1, size=(n, k, 2))
+        vis = rng.integers(0, 3, size=(n, k, 1)).astype(float)
+        people.append(np.concatenate([xy, vis], axis=2))
+    outputs, heatmaps, masks, joints = [], [], [], []
+    for s, res in enumerate(resolutions):
+        scaled = [np.concatenate([p[..., :2] * res / resolutions[0], p[..., 2:]], axis=2) for p in people]
+        heatmaps.append(torch.from_numpy(np.stack([HeatmapGenerator(res, k, 2.0)(p) for p in scaled])).double())
+        gen = JointsGenerator(30, k, res, cfg.MODEL.TAG_PER_JOINT)
+        joints.append(torch.from_numpy(np.stack([gen(p) for p in scaled])))
+        mask = np.ones((len(persons), res, res))
+        for i in range(len(persons)):
+            y, x = rng.integers(0, res - 4, size=2)
+            mask[i, y : y + rng.integers(2, 5), x : x + rng.integers(2, 5)] = 0
+        masks.append(torch.from_numpy(mask))
+        tags = k if cfg.LOSS.WITH_AE_LOSS[s] else 0
+        out = torch.cat(
+            [
+                torch.from_numpy(rng.normal(0, 0.5, size=(len(persons), k, res, res))),  # scale
+                torch.from_numpy(rng.uniform(-0.2, 1.1, size=(len(persons), k, res, res))),  # heatmaps
+                torch.from_numpy(rng.normal(0, 1, size=(len(persons), tags, res, res))),  # tags
+            ],
+            dim=1,
+        )
+        outputs.append(out.requires_grad_(True))
+    return outputs, heatmaps, masks, joints
+
+
+@pytest.mark.parametrize("persons", [[0], [1], [0, 1, 12]])
+@pytest.mark.parametrize("factors", [("[1.0, 1.0]", "[0.001, 0.001]"), ("[2.0, 0.5]", "[0.5, 0.25]")])
+def test_swahr_loss_equals_official(persons: list[int], factors: tuple[str, str]) -> None:
+    """The four per-stage lists and the gradient of SWAHR's total equal the official code's."""
+    cfg = load_cfg(
+        TINY_HRNET, "LOSS.HEATMAPS_LOSS_TYPE", "swahr", "LOSS.HEATMAPS_LOSS_FACTOR", factors[0],
+        "LOSS.PUSH_LOSS_FACTOR", factors[1], "LOSS.PULL_LOSS_FACTOR", factors[1],
+    )  # fmt: skip
+    outputs, heatmaps, masks, joints = swahr_batch(cfg, persons, seed=len(persons))
+    ours = MultiLossFactory(cfg)(outputs, heatmaps, masks, joints)
+    assert len(ours) == 4
+    copies = [o.detach().clone().requires_grad_(True) for o in outputs]
+    loss = cfg.LOSS
+    ref = swahr_multi_loss(
+        copies, heatmaps, masks, joints, cfg.MODEL.NUM_JOINTS, loss.WITH_HEATMAPS_LOSS, loss.WITH_AE_LOSS,
+        loss.HEATMAPS_LOSS_FACTOR, loss.PUSH_LOSS_FACTOR, loss.PULL_LOSS_FACTOR, loss.AE_LOSS_TYPE,
+    )  # fmt: skip
+    for mine, theirs in zip(ours, ref):
+        assert [m is None for m in mine] == [t is None for t in theirs]
+        for m, t in zip(mine, theirs):
+            if m is not None:
+                torch.testing.assert_close(m, t, rtol=1e-6, atol=1e-6)
+    assert ours[1][0].abs().sum() > 0 or sum(persons) == 0  # the scale loss sees the Gaussians
+    hm, scale, push, pull = ours
+    total, _ = combine_losses(hm, push, pull, scale_losses=scale)
+    total.backward()
+    swahr_total_loss(*ref).backward()
+    for mine, theirs in zip(outputs, copies):
+        torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-6, atol=1e-6 * float(theirs.grad.abs().max()))
+
+
+def test_swahr_target_is_the_expansion_of_a_narrower_gaussian() -> None:
+    """With scale s the target is g + g ln(g) s + g ln(g)^2 s^2 / 2, close to g^(1+s) for small s;
+    s acts on the Gaussians only (0 where g = 0), and s = 0 is SWAHR's 'wahr' loss."""
+    g = torch.tensor([[[[1.0, 0.6], [0.05, 0.0]]]], dtype=torch.float64)
+    mask = torch.ones(1, 2, 2, dtype=torch.float64)
+    s = torch.full_like(g, 0.1) * (g > 0)
+    exact = g ** (1 + s)
+    loss = HeatmapLoss("swahr")(exact, g, mask, s)
+    assert 0 < loss.item() < 1e-6  # second order: the remainder is O(s^3 ln(g)^3)
+    pred = torch.rand_like(g)
+    torch.testing.assert_close(
+        HeatmapLoss("swahr")(pred, g, mask, torch.zeros_like(g)), HeatmapLoss("wahr")(pred, g, mask)
+    )
+    with pytest.raises(ValueError, match="swahr"):
+        HeatmapLoss("wahr")(pred, g, mask, s)
+    with pytest.raises(ValueError, match="swahr"):
+        HeatmapLoss("swahr")(pred, g, mask)
+
+
+def test_swahr_factory_refuses_eval_outputs_and_stages_without_heatmaps() -> None:
+    cfg = load_cfg(TINY_HRNET, "LOSS.HEATMAPS_LOSS_TYPE", "swahr")
+    k = cfg.MODEL.NUM_JOINTS
+    outputs, heatmaps, masks, joints = swahr_batch(cfg, [1], seed=0)
+    with pytest.raises(ValueError, match="scale maps"):  # an eval-mode stage 1 has no scale maps
+        MultiLossFactory(cfg)([outputs[0], outputs[1][:, k:]], heatmaps, masks, joints)
+    unchecked = cfg.clone()
+    unchecked.defrost()
+    unchecked.LOSS.WITH_HEATMAPS_LOSS = [True, False]
+    with pytest.raises(ValueError, match="WITH_HEATMAPS_LOSS"):
+        MultiLossFactory(unchecked)

@@ -1,6 +1,7 @@
 """The training step's non-finite loss handling: float16 overflows skip the step and lower the GradScaler's
 scale (and give up when they persist); bfloat16/fp32 keep TRAIN.NAN_POLICY; a skipped step leaves the run
-exactly as if its batch had not been there."""
+exactly as if its batch had not been there; SWAHR (LOSS.HEATMAPS_LOSS_TYPE swahr) trains its scale maps
+and logs and draws them on their own."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ import torch
 
 from higherpose.core import train_loop as loop
 from higherpose.core.loss import MultiLossFactory
+from higherpose.models import build_model
 from higherpose.utils.optim import get_optimizer
-from tests.core.test_trainer import TwoStageConv, fixed_batch, sample_cfg
+from tests.conftest import EXPERIMENTS, load_cfg
+from tests.core.test_trainer import FAST, TwoStageConv, fixed_batch, sample_cfg
 
 torch.set_num_threads(1)
 
@@ -123,3 +126,49 @@ def test_back_off_matches_grad_scaler_own_overflow_update():
     ours.scale(p.sum()).backward()  # ours skips without looking at the gradients
     assert loop.back_off_loss_scale(ours) == 128.0
     assert ours.state_dict() == theirs.state_dict()
+
+
+def swahr_cfg(root, *opts):
+    """The tiny synthetic SWAHR config on the real COCO sample images, small maps."""
+    data = ["DATASET.ROOT", root, "DATASET.TRAIN", "val2017", "DATASET.TEST", "val2017", "DATASET.SYNTHETIC", False]
+    return load_cfg(EXPERIMENTS / "synthetic/higher_hrnet_tiny_swahr.yaml", *data, *FAST, *opts)
+
+
+def test_swahr_training_lowers_the_loss_and_moves_the_scale_maps(coco_sample):
+    cfg = swahr_cfg(coco_sample)
+    k = cfg.MODEL.NUM_JOINTS
+    batch = fixed_batch(cfg)
+    torch.manual_seed(0)
+    model, loss = build_model(cfg, is_train=True), MultiLossFactory(cfg)
+    optimizer = get_optimizer(cfg, model)
+
+    def current():  # train-mode BN (batch statistics), as the loss the optimiser sees
+        with torch.no_grad():
+            outputs = model(batch[0])
+            hm, scale, push, pull = loss(outputs, *batch[1:])
+            return loop.combine_losses(hm, push, pull, scale_losses=scale)[0].item(), outputs
+
+    before, outputs = current()
+    assert all(float(o[:, :k].abs().max()) == 0 for o in outputs)  # the scale maps start at 0
+    stats = loop.do_train(cfg, model, [batch] * 10, loss, optimizer, 0, "", None, state=loop.TrainState())
+    after, outputs = current()
+    assert {"stage0_scale", "stage1_scale", "stage0_heatmaps", "stage1_heatmaps", "loss"} <= set(stats)
+    assert after < 0.9 * before, (before, after)
+    assert all(float(o[:, :k].abs().max()) > 0 for o in outputs)  # and move
+
+
+def test_swahr_debug_pictures_draw_scale_maps_apart(coco_sample, tmp_path):
+    cfg = swahr_cfg(coco_sample, "DEBUG.DEBUG", True)
+    batch = fixed_batch(cfg)
+    torch.manual_seed(0)
+    model = build_model(cfg, is_train=True).train()
+    with torch.no_grad():
+        outputs = model(batch[0])
+    loop._save_debug(cfg, batch, outputs, str(tmp_path), 0, None, 0)
+    names = {p.name for p in tmp_path.glob("train_0_output_*.jpg")}
+    assert {"train_0_output_32_scale_pred.jpg", "train_0_output_64_scale_pred.jpg"} <= names
+    # the scale maps are not taken for tag maps: the 1/2 output has heatmaps only
+    assert "train_0_output_32_tag_pred.jpg" in names and "train_0_output_64_tag_pred.jpg" not in names
+    off = swahr_cfg(coco_sample, "DEBUG.DEBUG", True, "DEBUG.SAVE_SCALEMAPS_PRED", False)
+    loop._save_debug(off, batch, outputs, str(tmp_path / "off"), 0, None, 0)
+    assert not list((tmp_path).glob("off_*scale_pred.jpg")) and not list(tmp_path.glob("off/*scale_pred.jpg"))

@@ -17,6 +17,7 @@ import torch
 from higherpose.core import train_loop as loop
 from higherpose.core import trainer as T
 from higherpose.core.checkpointing import BEST_NAME, CHECKPOINT_NAME, FINAL_NAME, LEGACY_CHECKPOINT_NAME
+from higherpose.bench.reference_swahr import swahr_lr
 from higherpose.utils import distributed as du
 from higherpose.utils.checkpoint import load_file, load_pose_state_dict
 from higherpose.utils.meters import AverageMeter, eta_seconds, format_seconds
@@ -105,6 +106,31 @@ def test_cosine_schedule_per_step_with_warmup(coco_sample):
     assert build_scheduler(cfg, torch.optim.SGD(params, lr=1.0), steps_per_epoch=5).cosine_iters == 15
     with pytest.raises(ValueError, match="steps per epoch"):
         build_scheduler(cfg, torch.optim.SGD(params, lr=1.0))
+
+
+def test_warmup_linear_schedule_equals_swahr(coco_sample):
+    """SWAHR's LR at each step: its per-GPU LR x WORLD_SIZE 8 is HigherPose's TRAIN.LR; the same per-step
+    values from 0.1 x LR through WARM_UP_EPOCH epochs of warm-up down to 0 at END_EPOCH."""
+    steps, end, warm, per_gpu = 5, 6, 2, 0.00025
+    cfg = sample_cfg(
+        coco_sample, "TRAIN.LR_SCHEDULER", "warmup_linear", "TRAIN.WARM_UP_EPOCH", warm,
+        "TRAIN.END_EPOCH", end, "TRAIN.LR", per_gpu * 8,
+    )  # fmt: skip
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    sched = build_scheduler(cfg, torch.optim.Adam(params, lr=cfg.TRAIN.LR), steps_per_epoch=steps)
+    lrs = []
+    for step in range(end * steps):
+        sched.step_iter(step)
+        lrs.append(sched.optimizer.param_groups[0]["lr"])
+        sched.optimizer.step()
+        if step % steps == steps - 1:
+            sched.step()  # epoch ends do not touch a per-step schedule
+    ref = [swahr_lr(per_gpu, 8, warm, end, steps, t) for t in range(end * steps)]
+    assert lrs == pytest.approx(ref, rel=1e-12, abs=1e-15)
+    assert lrs[0] == pytest.approx(0.1 * cfg.TRAIN.LR) and max(lrs) == pytest.approx(cfg.TRAIN.LR)
+    again = build_scheduler(cfg, torch.optim.Adam(params, lr=cfg.TRAIN.LR), steps_per_epoch=steps)
+    again.load_state_dict(sched.state_dict())  # resume
+    assert again.linear_iters == end * steps and again.linear_warmup_iters == warm * steps
 
 
 def test_get_optimizer_kinds(coco_sample):

@@ -1,12 +1,15 @@
-"""HigherHRNet model: official parameter counts, state-dict names, output shapes, init."""
+"""HigherHRNet model: official parameter counts, state-dict names, output shapes, init; SWAHR's scale
+branches held to the official SWAHR code."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from higherpose.bench.reference_swahr import make_conv_scale_layers, swahr_heads_forward
 from higherpose.models import build_model
 from higherpose.models.pose_higher_hrnet import PoseHigherResolutionNet
+from higherpose.utils.checkpoint import CheckpointError, load_pose_state_dict
 from tests.conftest import EXPERIMENTS, TINY_HRNET, W32_COCO_512, load_cfg
 
 
@@ -123,3 +126,100 @@ def test_qfl_heatmaps_are_logits_in_training_and_probabilities_in_eval() -> None
     for p in probs:
         torch.testing.assert_close(p[:, :k].mean(), torch.tensor(0.01), atol=2e-3, rtol=0)
     assert not build_model(load_cfg(TINY_HRNET, "LOSS.HEATMAPS_LOSS_TYPE", "mse"), is_train=False).heatmaps_as_logits
+
+
+# -------------------------------------------------------------------------------------------------- SWAHR
+W32_SWAHR = EXPERIMENTS / "coco/higher_hrnet/w32_512_swahr_adam_lr2e-3.yaml"
+
+
+def swahr_state_dict(cfg_off, cfg_on) -> dict[str, torch.Tensor]:
+    """A state dict with SWAHR's key names and shapes: HigherHRNet's (the switch off) plus the official
+    ``_make_conv_scale_layers`` under ``conv_scale_layers.``."""
+    extra = cfg_on.MODEL.EXTRA
+    sd = build_model(cfg_off, is_train=False).state_dict()
+    scale = make_conv_scale_layers(
+        extra.STAGE4.NUM_CHANNELS[0], extra.DECONV.NUM_CHANNELS[: extra.DECONV.NUM_DECONVS], cfg_on.MODEL.NUM_JOINTS
+    )
+    sd.update({f"conv_scale_layers.{k}": v for k, v in scale.state_dict().items()})
+    return sd
+
+
+def test_w32_swahr_state_dict_has_swahr_names_and_shapes() -> None:
+    """SWAHR's W32 checkpoint: 1,828 entries, 28,649,309 parameters (HigherHRNet's 1,810 and 28,645,331 plus
+    18 entries of the two scale branches)."""
+    cfg_on = load_cfg(W32_SWAHR)
+    cfg_off = load_cfg(W32_SWAHR, "LOSS.HEATMAPS_LOSS_TYPE", "mse")
+    with torch.device("meta"):
+        model = build_model(cfg_on, is_train=False)
+        want = swahr_state_dict(cfg_off, cfg_on)
+    sd = model.state_dict()
+    assert len(sd) == 1828 and n_params(model) == 28_649_309
+    assert {k: tuple(v.shape) for k, v in sd.items()} == {k: tuple(v.shape) for k, v in want.items()}
+
+
+def test_swahr_checkpoint_loads_strictly_and_names_the_switch() -> None:
+    cfg_on = load_cfg(TINY_HRNET, "LOSS.HEATMAPS_LOSS_TYPE", "swahr")
+    cfg_off = load_cfg(TINY_HRNET)
+    torch.manual_seed(3)
+    sd = {k: v.clone().normal_() if v.is_floating_point() else v for k, v in swahr_state_dict(cfg_off, cfg_on).items()}
+    model = build_model(cfg_on, is_train=False)
+    assert load_pose_state_dict(model, {f"module.{k}": v for k, v in sd.items()}, strict=True) == ([], [])
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in sd.items())
+    with pytest.raises(CheckpointError, match="set LOSS.HEATMAPS_LOSS_TYPE swahr"):
+        load_pose_state_dict(build_model(cfg_off, is_train=False), sd, strict=True)
+    plain = build_model(cfg_off, is_train=False).state_dict()
+    with pytest.raises(CheckpointError, match=r"scale branches \(LOSS.HEATMAPS_LOSS_TYPE swahr\)"):
+        load_pose_state_dict(model, plain, strict=True)
+
+
+def randomise(module: torch.nn.Module, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+
+
+def test_swahr_heads_equal_the_official_forward() -> None:
+    cfg = load_cfg(TINY_HRNET, "LOSS.HEATMAPS_LOSS_TYPE", "swahr")
+    torch.manual_seed(0)
+    model = build_model(cfg, is_train=True).train()
+    randomise(model.conv_scale_layers, seed=1)  # the last convs start at zero: give them values
+    x = model.forward_features(torch.randn(2, 3, 64, 96))
+    ours = model.forward_heads(x)
+    ref = swahr_heads_forward(
+        x, model.final_layers, model.deconv_layers, model.conv_scale_layers,
+        cfg.MODEL.EXTRA.DECONV.CAT_OUTPUT, cfg.MODEL.NUM_JOINTS,
+    )  # fmt: skip
+    assert len(ours) == len(ref) == 2 and ours[1].shape == (2, 2 * cfg.MODEL.NUM_JOINTS, 32, 48)
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert ours[0][:, : cfg.MODEL.NUM_JOINTS].abs().max() > 0
+
+
+@pytest.mark.parametrize("yaml", [TINY_HRNET, EXPERIMENTS / "synthetic/higher_pose_tiny.yaml"])
+def test_swahr_eval_outputs_are_training_outputs_without_scale_maps(yaml) -> None:
+    cfg = load_cfg(yaml, "LOSS.HEATMAPS_LOSS_TYPE", "swahr")
+    k = cfg.MODEL.NUM_JOINTS
+    torch.manual_seed(0)
+    model = build_model(cfg, is_train=True)
+    assert all(
+        float((layer[-1].weight.abs().sum() + layer[-1].bias.abs().sum()).detach()) == 0
+        for layer in model.conv_scale_layers
+    )
+    randomise(model.conv_scale_layers, seed=2)
+    x = torch.randn(2, 3, 64, 64)
+    model.train()
+    for m in model.modules():  # BatchNorm on its running statistics in both passes
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eval()
+    train = model(x)
+    evaluated = model.eval()(x)
+    assert [t.shape[1] for t in train] == [t.shape[1] + k for t in evaluated]
+    for a, b in zip(train, evaluated):
+        torch.testing.assert_close(a[:, k:], b, rtol=0, atol=0)
+        assert a[:, :k].abs().max() > 0
+    # the switch off: the same network without the branches gives the same eval outputs
+    off = build_model(load_cfg(yaml, "LOSS.HEATMAPS_LOSS_TYPE", "mse"), is_train=False).eval()
+    off.load_state_dict({k_: v for k_, v in model.state_dict().items() if not k_.startswith("conv_scale_layers.")})
+    for a, b in zip(off(x), evaluated):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
