@@ -158,3 +158,10 @@ def test_inconsistent_yaml_names_file(tmp_path: Path) -> None:
 def test_missing_file() -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_cfg("/nonexistent/x.yaml")
+
+
+@pytest.mark.parametrize("value", ["[1, 1]", "['antelope']", "[True]", "[1.5]"])
+def test_category_ids_must_be_distinct_integers(value: str) -> None:
+    with pytest.raises(ConfigError, match=r"DATASET.CATEGORY_IDS = .*distinct integer category ids"):
+        load_cfg(TINY_HRNET, "DATASET.CATEGORY_IDS", value)
+    assert list(load_cfg(TINY_HRNET, "DATASET.CATEGORY_IDS", "[1, 26]").DATASET.CATEGORY_IDS) == [1, 26]
