@@ -93,6 +93,7 @@ _C.DATASET.FLIP_INDEX = []  # joint index each joint maps to under a horizontal 
 _C.DATASET.SIGMAS = []  # per-joint OKS sigmas
 _C.DATASET.SKELETON = []  # edges as [[a, b], ...], 0-based
 _C.DATASET.JOINT_NAMES = []
+_C.DATASET.CATEGORY_IDS = []  # NEW: keypoint categories trained and evaluated as one class ([] = all with keypoints)
 _C.DATASET.SYNTHETIC = False  # NEW: generate the synthetic set under ROOT when it is missing
 
 # training data augmentation
@@ -373,6 +374,9 @@ def check_config(cfg: CN, source: str = "config") -> None:
     for edge in cfg.DATASET.SKELETON:
         if len(edge) != 2 or not all(0 <= j < joints for j in edge):
             _fail(source, "DATASET.SKELETON", edge, f"edges are pairs of joint indices in 0..{joints - 1}")
+    ids = cfg.DATASET.CATEGORY_IDS
+    if any(isinstance(i, bool) or not isinstance(i, int) for i in ids) or len(set(ids)) != len(ids):
+        _fail(source, "DATASET.CATEGORY_IDS", list(ids), "must be distinct integer category ids ([] = all)")
     if cfg.DATASET.DATASET == "custom_kpt" and not cfg.DATASET.FLIP_INDEX:
         _fail(source, "DATASET.FLIP_INDEX", [], "a custom dataset must give its flip index (and SIGMAS)")
 

@@ -7,7 +7,9 @@ rescoring. Differences: plain Python floats (HigherHRNet's ``np.float`` fails on
 atomic writing, clear errors for unknown image ids, the CrowdPose API replaced by faster-coco-eval's
 ``keypoints_crowd`` (same numbers, see ../shared/data/README.md), and COCO-format ground truth without
 ``area`` / ``bbox`` / ``iscrowd`` / ``num_keypoints`` (common in custom sets) completed in memory, where
-pycocotools would stop with a ``KeyError``.
+pycocotools would stop with a ``KeyError``. The ground truth the evaluator sees is prepared in memory
+(:func:`load_ground_truth`): the keypoint categories in use become one category (the results' id 1),
+and a subset run cuts it to the subset's images, so that every statistic covers those images only.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import json
 import logging
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -23,6 +24,14 @@ from typing import Any
 
 import numpy as np
 
+from higherpose.dataset.annotations import (
+    CategorySelection,
+    coco_from_dict,
+    drop_repeated_annotations,
+    keep_categories,
+    read_annotations,
+    select_categories,
+)
 from higherpose.dataset.specs import CROWDPOSE
 from higherpose.utils.atomic import write_json_atomic
 
@@ -114,13 +123,62 @@ def complete_coco_annotations(dataset: dict) -> dict[str, int]:
     return counts
 
 
-def _load_coco_ground_truth(gt_json_path: str) -> Any:
-    """pycocotools ``COCO`` of ``gt_json_path``, built from an in-memory copy completed by
-    :func:`complete_coco_annotations`; the file itself is only read. Logs what was computed."""
-    from pycocotools.coco import COCO
+def _as_one_category(data: dict, selection: CategorySelection) -> None:
+    """In place: keep the annotations of the selected categories and make them one category, id 1, as
+    the results carry (:func:`poses_to_coco_results`); pycocotools and faster-coco-eval average their
+    AP over the categories of the ground truth, so persons of a second category would all be missed."""
+    keep_categories(data, selection)
+    declared = {c["id"]: c for c in data.get("categories") or [] if isinstance(c, dict) and "id" in c}
+    first = declared.get(selection.ids[0], {}) if selection.ids else {}
+    name = "+".join(str(selection.names.get(i, i)) for i in selection.ids)[:200] or "keypoints"
+    data["categories"] = [dict(first, id=1, name=name)]
+    for ann in data.get("annotations", []):
+        ann["category_id"] = 1
 
-    with open(gt_json_path, encoding="utf-8") as f:
-        data = json.load(f)
+
+def _cut_to_images(data: dict, image_ids: Sequence[int], gt_json_path: str) -> None:
+    """In place: keep the images ``image_ids`` and their annotations, so that every statistic (CrowdPose's
+    easy / medium / hard ones included, which the evaluator takes from every image of its ground truth)
+    covers those images only."""
+    wanted = {int(i) for i in image_ids}
+    known = {image["id"] for image in data.get("images", [])}
+    missing = sorted(wanted - known)
+    if missing:
+        shown = ", ".join(str(i) for i in missing[:20]) + (" ..." if len(missing) > 20 else "")
+        raise ValueError(f"{len(missing)} image ids of the subset are not in {gt_json_path}: {shown}")
+    data["images"] = [image for image in data.get("images", []) if image["id"] in wanted]
+    data["annotations"] = [ann for ann in data.get("annotations", []) if ann.get("image_id") in wanted]
+
+
+def load_ground_truth(
+    gt_json_path: str,
+    dataset: str,
+    category_ids: Sequence[int] | None = None,
+    image_ids: Sequence[int] | None = None,
+) -> tuple[dict, list[int]]:
+    """The ground truth of ``gt_json_path`` as the evaluator sees it (an in-memory copy; the file is only
+    read), and every image id of the file.
+
+    Exact repeats of an annotation are dropped, and two annotations with one id raise
+    :class:`AnnotationError` (:func:`drop_repeated_annotations`); the keypoint categories ``category_ids``
+    (None or empty: every category with keypoints, as ``DATASET.CATEGORY_IDS``) become one category
+    with id 1 and the others are left out; ``image_ids`` (a subset run) keeps those images only; for COCO
+    and custom sets the fields :func:`complete_coco_annotations` adds are completed. Logs what changed.
+    """
+    data = read_annotations(gt_json_path)
+    repeated = drop_repeated_annotations(data, gt_json_path)
+    if repeated:
+        _log.warning("%s: %d annotations repeat an earlier annotation exactly: one of each is evaluated",
+                     gt_json_path, len(repeated))  # fmt: skip
+    selection = select_categories(data, tuple(category_ids or ()), None, gt_json_path)
+    if selection.others:
+        _log.info(selection.describe(gt_json_path))
+    _as_one_category(data, selection)
+    all_ids = [image["id"] for image in data.get("images", [])]
+    if image_ids is not None:
+        _cut_to_images(data, image_ids, gt_json_path)
+    if dataset == "crowd_pose":
+        return data, all_ids  # CrowdPose files have no area; use_area=False means it is never read
     counts = complete_coco_annotations(data)
     if counts["area"]:
         _log.info(
@@ -134,11 +192,7 @@ def _load_coco_ground_truth(gt_json_path: str) -> Any:
     ]
     if filled:
         _log.info("%s: computed missing %s annotations", gt_json_path, ", ".join(filled))
-    coco = COCO()
-    coco.dataset = data
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
-    return coco
+    return data, all_ids
 
 
 def _empty_results(gt: Any, coco_class: type) -> Any:
@@ -160,14 +214,17 @@ def evaluate_keypoints(
     dataset: str,
     sigmas: Sequence[float] | None = None,
     image_ids: Sequence[int] | None = None,
+    category_ids: Sequence[int] | None = None,
 ) -> OrderedDict:
     """Keypoint AP/AR of ``results`` against the annotations in ``gt_json_path``.
 
     dataset: 'coco' (pycocotools ``COCOeval(..., 'keypoints')``), 'crowd_pose' (faster-coco-eval
     ``keypoints_crowd``, CrowdPose sigmas, ``use_area=False``) or 'custom' (COCO evaluation with
-    ``sigmas``, default COCO's). ``image_ids`` restricts the evaluation to those images (a subset run).
-    For COCO and custom sets, annotations without ``area`` / ``bbox`` / ``num_keypoints`` / ``iscrowd``
-    are completed in memory (:func:`complete_coco_annotations`); the file is never changed.
+    ``sigmas``, default COCO's). ``image_ids`` restricts every statistic to those images (a subset
+    run): the ground truth is cut to them, and results of other images of the file are left out.
+    ``category_ids``: the keypoint categories evaluated as one class against every result (None or
+    empty: every category with keypoints); annotations of other categories are left out. The ground
+    truth is prepared in memory by :func:`load_ground_truth`; the file is never changed.
     Returns an OrderedDict of the evaluator's stats (names as HigherHRNet). Empty results are evaluated
     too: 0 where there are persons, -1 (the evaluator's "no such persons") for a size range without any,
     as with detections.
@@ -175,22 +232,25 @@ def evaluate_keypoints(
     if dataset not in ("coco", "crowd_pose", "custom"):
         raise ValueError(f"dataset = {dataset!r}: choose 'coco', 'crowd_pose' or 'custom'")
     names = CROWDPOSE_NAMES if dataset == "crowd_pose" else COCO_NAMES
+    data, all_ids = load_ground_truth(gt_json_path, dataset, category_ids, image_ids)
+    _check_image_ids(results, all_ids, gt_json_path)
+    if image_ids is not None:
+        wanted = {int(i) for i in image_ids}
+        results = [r for r in results if r["image_id"] in wanted]
     results = [dict(r) for r in results]  # the evaluators add fields (area, id) to the dicts
     quiet = io.StringIO()
-    if dataset == "crowd_pose":
-        # CrowdPose files have no area; use_area=False below means it is never read
-        from faster_coco_eval import COCO
-        from faster_coco_eval import COCOeval_faster as COCOeval
-
-        with contextlib.redirect_stdout(quiet):
-            gt = COCO(gt_json_path)
-    else:
-        from pycocotools.coco import COCO
-        from pycocotools.cocoeval import COCOeval
-
-        gt = _load_coco_ground_truth(gt_json_path)
-    _check_image_ids(results, gt.getImgIds(), gt_json_path)
     with contextlib.redirect_stdout(quiet):
+        if dataset == "crowd_pose":
+            from faster_coco_eval import COCO
+            from faster_coco_eval import COCOeval_faster as COCOeval
+
+            # faster-coco-eval takes the easy / medium / hard images from this object's data: the cut set
+            gt = COCO(data)
+        else:
+            from pycocotools.coco import COCO
+            from pycocotools.cocoeval import COCOeval
+
+            gt = coco_from_dict(data)
         dt = gt.loadRes(results) if results else _empty_results(gt, COCO)
         if dataset == "crowd_pose":
             ev = COCOeval(
@@ -206,8 +266,6 @@ def evaluate_keypoints(
             ev.params.useSegm = None
             if dataset == "custom" and sigmas is not None:
                 ev.params.kpt_oks_sigmas = np.asarray(sigmas, dtype=np.float64)
-        if image_ids is not None:
-            ev.params.imgIds = sorted(int(i) for i in image_ids)
         ev.evaluate()
         ev.accumulate()
         ev.summarize()

@@ -199,7 +199,10 @@ def _write_and_evaluate(
     path = write_results_json(results, os.path.join(output_dir, "results", f"keypoints_{split}_results.json"))
     logger.info("=> wrote %d person results for %d images to %s", len(results), len(predicted), path)
     if not dataset.coco.dataset.get("annotations"):
-        logger.info("=> %s has no annotations (test split): no evaluation", dataset.ann_file)
+        # a test-dev style split, or a file without annotations of the keypoint categories in use
+        logger.info(
+            "=> %s has no annotations of its keypoint categories (test split?): no evaluation", dataset.ann_file
+        )
         return OrderedDict(), results
     ids = list(dataset.ids)
     metrics = evaluate_keypoints(
@@ -208,5 +211,6 @@ def _write_and_evaluate(
         dataset.name,
         sigmas=dataset.spec.sigmas,
         image_ids=ids[:total] if total < len(ids) else None,
+        category_ids=dataset.categories.ids,
     )
     return metrics, results

@@ -11,6 +11,12 @@ find it in a file of a quarter of a million annotations. Checked when a dataset 
   finite numbers only: a NaN joint makes NaN heatmaps in training, and in COCOeval a NaN OKS passes
   the matcher's ``oks < threshold`` skip (False for NaN), so the person counts as found and the AP rises.
 
+These checks cover the annotations of the keypoint categories in use (:func:`select_categories`,
+``DATASET.CATEGORY_IDS``), which are then kept (:func:`keep_categories`): several categories that share
+one skeleton (one per species in animal sets) are one class, and a selected category whose
+``keypoints`` list is not K long stops with its id and name. Two annotations with one id stop too,
+naming the id and both images; an exact repeat is dropped (:func:`drop_repeated_annotations`).
+
 A training set also needs a labelled person (:func:`check_labelled_persons`); without one the
 DataLoader fails later with torch's ``num_samples=0``, or trains on empty targets.
 """
@@ -21,7 +27,8 @@ import contextlib
 import io
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pycocotools.coco import COCO
@@ -115,9 +122,11 @@ def _name(ann: dict, position: int) -> str:
     return f"{where} (image {ann.get('image_id')})"
 
 
-def check_annotations(data: dict, num_joints: int, path: str) -> None:
+def check_annotations(data: dict, num_joints: int, path: str, category_ids: Iterable | None = None) -> None:
     """Raise :class:`AnnotationError` for the first annotation of ``data`` (the json of ``path``) that
-    cannot be used (see the module docstring); ``num_joints`` = K labelled joints per person."""
+    cannot be used (see the module docstring); ``num_joints`` = K labelled joints per person. With
+    ``category_ids`` only the annotations of those categories are checked (the others are not used)."""
+    selected = None if category_ids is None else set(category_ids)
     annotations = data.get("annotations", [])
     images = data.get("images", [])
     if not isinstance(annotations, list) or not isinstance(images, list):
@@ -130,6 +139,8 @@ def check_annotations(data: dict, num_joints: int, path: str) -> None:
     for position, ann in enumerate(annotations):
         if not isinstance(ann, dict):
             raise AnnotationError(f"{path}: annotations[{position}] is not an object: {ann!r:.60}")
+        if selected is not None and ann.get("category_id") not in selected:
+            continue
         for key in ("id", "image_id"):
             if key not in ann:
                 raise AnnotationError(f"{path}: {_name(ann, position)} has no {key!r}")
@@ -166,3 +177,128 @@ def check_labelled_persons(annotations: Iterable[dict], path: str) -> None:
         raise AnnotationError(
             f"{path}: no image has a labelled person (an annotation with num_keypoints > 0): nothing to train on"
         )
+
+
+def drop_repeated_annotations(data: dict, path: str) -> list:
+    """Remove, in place, annotations of ``data`` (the json of ``path``) that repeat an earlier one exactly;
+    returns their ids. Two different annotations with one id raise :class:`AnnotationError` naming the
+    id and both images: pycocotools indexes annotations by id, so evaluation would keep only the last
+    of the two while training used both (and an exact repeat would count as two persons in evaluation).
+    Entries without an id are left for :func:`check_annotations` to report."""
+    annotations = data.get("annotations")
+    if not isinstance(annotations, list):
+        return []
+    first: dict = {}  # id -> position of its first annotation
+    repeated: list[int] = []  # positions of exact repeats
+    for position, ann in enumerate(annotations):
+        if not isinstance(ann, dict) or "id" not in ann:
+            continue
+        try:
+            earlier = first.setdefault(ann["id"], position)
+        except TypeError:  # an unhashable id (a list): not one pycocotools can index either
+            raise AnnotationError(
+                f"{path}: annotations[{position}] has an id that is not a number: {ann['id']!r:.60}"
+            ) from None
+        if earlier == position:
+            continue
+        if ann != annotations[earlier]:
+            raise AnnotationError(
+                f"{path}: annotation id {ann['id']} is used twice, by annotations[{earlier}] "
+                f"(image {annotations[earlier].get('image_id')}) and annotations[{position}] "
+                f"(image {ann.get('image_id')}): annotation ids must be unique"
+            )
+        repeated.append(position)
+    if not repeated:
+        return []
+    drop = set(repeated)
+    data["annotations"] = [ann for position, ann in enumerate(annotations) if position not in drop]
+    return [annotations[position]["id"] for position in repeated]
+
+
+@dataclass(frozen=True)
+class CategorySelection:
+    """The keypoint categories a data set trains and evaluates on, as one class.
+
+    Attributes:
+        ids: the selected category ids, in the order of the file's ``categories`` (``None`` stands for
+            annotations without ``category_id`` in a file that declares no keypoint category).
+        names: category id -> name (the id itself when the file does not declare it).
+        counts: selected category id -> its annotations.
+        others: category id -> annotations of the categories not selected.
+    """
+
+    ids: tuple
+    names: dict
+    counts: dict
+    others: dict
+
+    def describe(self, path: str) -> str:
+        """One log line: the categories used with their annotations, and what is left out."""
+
+        def plural(n: int) -> str:
+            return f"{n} annotation{'' if n == 1 else 's'}"
+
+        def label(cat_id) -> str:
+            return "no category_id" if cat_id is None else f"{cat_id} {self.names.get(cat_id, cat_id)}"
+
+        used = ", ".join(f"{label(i)} ({plural(self.counts.get(i, 0))})" for i in self.ids) or "none"
+        line = f"{path}: keypoint categories used as one class: {used}"
+        if self.others:
+            left = ", ".join(f"{label(i)}: {n}" for i, n in self.others.items())
+            line += f"; left out: {plural(sum(self.others.values()))} of other categories ({left})"
+        return line
+
+
+def select_categories(data: dict, category_ids: Sequence[int], num_joints: int | None, path: str) -> CategorySelection:
+    """The keypoint categories of ``data`` (the json of ``path``) to use: ``category_ids``, or when empty
+    every category declared with a ``keypoints`` list (a file that declares none: every category that
+    an annotation with keypoints has). A requested id that the file neither declares nor uses, and a
+    selected category whose ``keypoints`` list is not ``num_joints`` long (when given), raise
+    :class:`AnnotationError` naming the category."""
+    declared = {c["id"]: c for c in data.get("categories") or [] if isinstance(c, dict) and "id" in c}
+    annotations = [a for a in data.get("annotations") or [] if isinstance(a, dict)]
+    used: dict = {}
+    for ann in annotations:
+        cat_id = ann.get("category_id")
+        if isinstance(cat_id, (list, dict)):
+            raise AnnotationError(
+                f"{path}: annotation id {ann.get('id')} has a category_id that is not an id: {cat_id!r:.60}"
+            )
+        used[cat_id] = used.get(cat_id, 0) + 1
+    names = {i: str(c.get("name", i)) for i, c in declared.items()}
+    if category_ids:
+        unknown = [i for i in category_ids if i not in declared and i not in used]
+        if unknown:
+            known = ", ".join(f"{i} {names.get(i, '')}".strip() for i in list(declared)[:20]) or "none declared"
+            raise AnnotationError(
+                f"{path}: DATASET.CATEGORY_IDS = {list(category_ids)}: category {unknown[0]} is neither declared "
+                f"in 'categories' nor used by an annotation (categories: {known})"
+            )
+        ids = tuple(dict.fromkeys(category_ids))
+    else:
+        ids = tuple(i for i, c in declared.items() if c.get("keypoints"))
+        if not ids:
+            with_keypoints = (a.get("category_id") for a in annotations if a.get("keypoints"))
+            ids = tuple(dict.fromkeys(with_keypoints))
+    for cat_id in ids:
+        keypoints = declared.get(cat_id, {}).get("keypoints")
+        if num_joints is not None and isinstance(keypoints, list) and keypoints and len(keypoints) != num_joints:
+            how = "DATASET.CATEGORY_IDS names it" if category_ids else "every category with keypoints is used"
+            raise AnnotationError(
+                f"{path}: category {cat_id} {names.get(cat_id, '')!r} has {len(keypoints)} keypoints, expected "
+                f"{num_joints} (DATASET.NUM_JOINTS); {how}: list the categories to use in DATASET.CATEGORY_IDS"
+            )
+    selected = set(ids)
+    counts = {i: used.get(i, 0) for i in ids}
+    others = {i: n for i, n in used.items() if i not in selected}
+    return CategorySelection(ids=ids, names=names, counts=counts, others=others)
+
+
+def keep_categories(data: dict, selection: CategorySelection) -> None:
+    """Keep, in place, the annotations of ``data`` of the selected categories (entries that are not
+    objects stay, for :func:`check_annotations` to report)."""
+    annotations = data.get("annotations")
+    if not isinstance(annotations, list) or not selection.others:
+        return
+    selected = set(selection.ids)
+    data["annotations"] = [a for a in annotations if not isinstance(a, dict) or a.get("category_id") in selected]

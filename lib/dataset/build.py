@@ -86,6 +86,7 @@ def build_dataset(cfg, is_train: bool):
         base_size=ds.BASE_SIZE,
         base_sigma=ds.BASE_SIGMA,
         int_sigma=ds.INT_SIGMA,
+        category_ids=tuple(ds.CATEGORY_IDS),
     )
 
 
@@ -95,7 +96,8 @@ def build_test_dataset(cfg) -> CocoDataset:
     ds = cfg.DATASET
     if ds.DATASET_TEST not in _TEST_CLASSES:
         raise ValueError(f"DATASET.DATASET_TEST = {ds.DATASET_TEST!r}: choose one of {sorted(_TEST_CLASSES)}")
-    return _TEST_CLASSES[ds.DATASET_TEST](ds.ROOT, ds.TEST, ds.DATA_FORMAT, spec_from_cfg(cfg))
+    dataset_class = _TEST_CLASSES[ds.DATASET_TEST]
+    return dataset_class(ds.ROOT, ds.TEST, ds.DATA_FORMAT, spec_from_cfg(cfg), tuple(ds.CATEGORY_IDS))
 
 
 def annotation_file(cfg, is_train: bool = True) -> str:

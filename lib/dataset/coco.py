@@ -16,8 +16,11 @@ CrowdPose json is read with pycocotools (no crowdposetools needed); it has no ``
 ``segmentation``, so only warp padding is masked for it, as in HigherHRNet.
 
 Annotation files are checked when a dataset is built (``higherpose.dataset.annotations``): a file that
-is not JSON, an annotation of an unknown image, non-finite keypoints / bbox / area, and a training set
-without a labelled person stop with a one-line ``AnnotationError`` naming the file and the annotation.
+is not JSON, an annotation of an unknown image, non-finite keypoints / bbox / area, two annotations
+with one id, a keypoint category of another length than the spec's, and a training set without a
+labelled person stop with a one-line ``AnnotationError`` naming the file and the annotation or
+category. Only the annotations of the keypoint categories in use are kept (``category_ids``; every
+category with keypoints by default): several categories that share one skeleton are one class.
 """
 
 from __future__ import annotations
@@ -38,8 +41,11 @@ from higherpose.dataset.annotations import (
     check_annotations,
     check_labelled_persons,
     coco_from_dict,
+    drop_repeated_annotations,
+    keep_categories,
     num_keypoints,
     read_annotations,
+    select_categories,
 )
 from higherpose.dataset.specs import COCO, CROWDPOSE, KeypointSpec
 
@@ -100,13 +106,22 @@ class CocoDataset(torch.utils.data.Dataset):
     """Test-time dataset: ``dataset[i] -> (image RGB uint8 (H, W, 3) or None if unreadable, anns)``.
 
     Attributes: ``ids`` (every image id of the json, in its order), ``ann_file``, ``name``,
-    ``spec`` (:class:`KeypointSpec`), ``coco`` (pycocotools ``COCO``), ``num_unreadable``.
+    ``spec`` (:class:`KeypointSpec`), ``coco`` (pycocotools ``COCO`` of the annotations of the keypoint
+    categories in use), ``categories`` (:class:`CategorySelection`: ``category_ids``, or every category
+    with keypoints when empty), ``num_unreadable``.
     """
 
     name = "coco"
     layout = COCO_LAYOUT
 
-    def __init__(self, root: str, split: str, data_format: str = "jpg", spec: KeypointSpec = COCO) -> None:
+    def __init__(
+        self,
+        root: str,
+        split: str,
+        data_format: str = "jpg",
+        spec: KeypointSpec = COCO,
+        category_ids: Sequence[int] = (),
+    ) -> None:
         if data_format not in ("jpg", "zip"):
             raise ValueError(f"DATASET.DATA_FORMAT = {data_format!r}: choose 'jpg' or 'zip'")
         self.root = str(root)
@@ -125,7 +140,18 @@ class CocoDataset(torch.utils.data.Dataset):
                 + self.layout.format(root=self.root)
             )
         data = read_annotations(self.ann_file)
-        check_annotations(data, self.num_joints_without_center, self.ann_file)
+        self.categories = select_categories(data, category_ids, self.num_joints_without_center, self.ann_file)
+        check_annotations(data, self.num_joints_without_center, self.ann_file, self.categories.ids)
+        repeated = drop_repeated_annotations(data, self.ann_file)  # before any is removed: file positions
+        keep_categories(data, self.categories)
+        if repeated:
+            shown = ", ".join(str(i) for i in repeated[:10]) + (" ..." if len(repeated) > 10 else "")
+            logger.warning(
+                "%s: %d annotations repeat an earlier annotation exactly (ids %s): one of each is kept",
+                self.ann_file, len(repeated), shown,
+            )  # fmt: skip
+        if sum(self.categories.counts.values()) or self.categories.others:  # test-dev splits have none
+            logger.info(self.categories.describe(self.ann_file))
         self.coco = coco_from_dict(data)
         self.ids = list(self.coco.imgs.keys())
         self._unreadable = multiprocessing.Value("i", 0)
@@ -184,8 +210,15 @@ class CrowdPoseDataset(CocoDataset):
     name = "crowd_pose"
     layout = CROWDPOSE_LAYOUT
 
-    def __init__(self, root: str, split: str, data_format: str = "jpg", spec: KeypointSpec = CROWDPOSE) -> None:
-        super().__init__(root, split, data_format, spec)
+    def __init__(
+        self,
+        root: str,
+        split: str,
+        data_format: str = "jpg",
+        spec: KeypointSpec = CROWDPOSE,
+        category_ids: Sequence[int] = (),
+    ) -> None:
+        super().__init__(root, split, data_format, spec, category_ids)
 
     @classmethod
     def annotation_file(cls, root: str, split: str) -> str:
@@ -229,8 +262,10 @@ class KeypointsMixin:
         base_size: float = 256.0,
         base_sigma: float = 2.0,
         int_sigma: bool = False,
+        category_ids: Sequence[int] = (),
     ) -> None:
-        super().__init__(root, split, data_format, spec)  # the layout's test dataset (next in the MRO)
+        # the layout's test dataset (next in the MRO)
+        super().__init__(root, split, data_format, spec, category_ids)
         if len(heatmap_generators) != len(joints_generators):
             raise ValueError("one heatmap generator and one joints generator per output resolution")
         self.heatmap_generator = list(heatmap_generators)

@@ -212,7 +212,14 @@ def compare_groupings(
         logger.warning("oracle: skipped %d unreadable images", skipped)
     image_ids = ids[:total] if total < len(ids) else None
     metrics = {
-        name: evaluate_keypoints(dataset.ann_file, res, dataset.name, sigmas=dataset.spec.sigmas, image_ids=image_ids)
+        name: evaluate_keypoints(
+            dataset.ann_file,
+            res,
+            dataset.name,
+            sigmas=dataset.spec.sigmas,
+            image_ids=image_ids,
+            category_ids=dataset.categories.ids,
+        )
         for name, res in results.items()
     }
     rows = np.concatenate(errors) if errors else np.zeros((0, 5))

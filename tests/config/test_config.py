@@ -185,3 +185,10 @@ def test_swahr_yaml_merges_as_it_is(tmp_path: Path) -> None:
     assert cfg.TRAIN.WARM_UP_EPOCH == 3 and cfg.TRAIN.LR == 0.00012
     switched = load_cfg(path, "LOSS.HEATMAPS_LOSS_TYPE", "swahr", "TRAIN.LR_SCHEDULER", "warmup_linear")
     assert switched.LOSS.HEATMAPS_LOSS_TYPE == "swahr"
+
+
+@pytest.mark.parametrize("value", ["[1, 1]", "['antelope']", "[True]", "[1.5]"])
+def test_category_ids_must_be_distinct_integers(value: str) -> None:
+    with pytest.raises(ConfigError, match=r"DATASET.CATEGORY_IDS = .*distinct integer category ids"):
+        load_cfg(TINY_HRNET, "DATASET.CATEGORY_IDS", value)
+    assert list(load_cfg(TINY_HRNET, "DATASET.CATEGORY_IDS", "[1, 26]").DATASET.CATEGORY_IDS) == [1, 26]

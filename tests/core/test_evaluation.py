@@ -1,5 +1,6 @@
 """Evaluation reproduces the official evaluators' reference values (../shared/data/README.md), handles
-empty results and unknown image ids, writes results atomically and prints HigherHRNet's table."""
+empty results and unknown image ids, evaluates several keypoint categories as one class and a subset on
+its images only, writes results atomically and prints HigherHRNet's table."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ from higherpose.core.evaluation import (
     print_name_value,
     write_results_json,
 )
+from higherpose.dataset.annotations import AnnotationError
 from tests.conftest import shared_path
+from tests.dataset.test_annotations import ANIMALS_JSON, ANTELOPE, JAGUAR, write_animal_set
 
 COCO_REF = [0.8609, 0.9931, 0.9109, 0.7756, 0.9373, 0.875, 1.0, 0.9167, 0.78, 0.9429]
 CROWD_REF = [0.7877, 0.9881, 0.7314, 0.8222, 1.0, 0.7778, 1.0, 0.9802, 0.4116]
@@ -183,3 +186,84 @@ def test_crowd_region_without_keypoints_evaluates_as_unlabelled(tmp_path):
     missing, explicit_metrics, null = (evaluate_keypoints(p, preds, "coco") for p in paths)
     assert list(missing.values()) == list(explicit_metrics.values()) == list(null.values())
     assert "keypoints" not in json.loads(open(paths[0]).read())["annotations"][-1]  # the file is untouched
+
+
+def _as_results(annotations: list[dict], scores: dict[int, float] | None = None) -> list[dict]:
+    """Ground-truth annotations as results, as the result writer gives them (category_id 1)."""
+    return [{"image_id": a["image_id"], "category_id": 1, "keypoints": a["keypoints"],
+             "score": (scores or {}).get(a["id"], 1.0)} for a in annotations if a.get("keypoints")]  # fmt: skip
+
+
+def test_categories_sharing_one_skeleton_are_one_class(tmp_path):
+    """Antelopes (category 1) and a jaguar (26), as in AP-10K: the ground truth submitted as results
+    scores 1.0, and every statistic counts the animals of the chosen categories only."""
+    root = write_animal_set(tmp_path)
+    path = str(root / ANIMALS_JSON)
+    annotations = json.loads(open(path).read())["annotations"]
+    assert evaluate_keypoints(path, _as_results(annotations), "custom") == evaluate_keypoints(
+        path, _as_results(annotations), "custom", category_ids=[ANTELOPE, JAGUAR]
+    )
+    every = evaluate_keypoints(path, _as_results(annotations), "custom")
+    assert every["AP"] == every["AR"] == 1.0
+    # the jaguar missed: 2 of 3 animals found, precision 1 up to recall 2/3 (67 of COCO's 101 recall points)
+    antelopes = [a for a in annotations if a["category_id"] == ANTELOPE]
+    missed = evaluate_keypoints(path, _as_results(antelopes), "custom")
+    assert missed["AP"] == pytest.approx(67 / 101) and missed["AR"] == pytest.approx(2 / 3)
+    # antelopes only: the jaguar, found first, is a false positive (precision 0, 1/2, 2/3 at recall 0, 1/2, 1)
+    scores = {21: 0.95, 11: 0.9, 31: 0.9}
+    one = evaluate_keypoints(path, _as_results(annotations, scores), "custom", category_ids=[ANTELOPE])
+    assert one["AP"] == pytest.approx(2 / 3) and one["AR"] == 1.0
+    assert evaluate_keypoints(path, _as_results(antelopes), "custom", category_ids=[ANTELOPE])["AP"] == 1.0
+
+
+def test_two_annotations_with_one_id_stop_the_evaluation(tmp_path):
+    root = write_animal_set(tmp_path, lambda data: data["annotations"][3].update(id=11))
+    with pytest.raises(AnnotationError, match=r"annotation id 11 is used twice.*\(image 1\).*\(image 3\)"):
+        evaluate_keypoints(str(root / ANIMALS_JSON), [], "custom")
+
+
+def test_an_exact_repeat_counts_once(tmp_path):
+    """pycocotools would index both copies of a repeated annotation: one person found, one missed."""
+    root = write_animal_set(tmp_path, lambda data: data["annotations"].append(dict(data["annotations"][0])))
+    path = str(root / ANIMALS_JSON)
+    metrics = evaluate_keypoints(path, _as_results(json.loads(open(path).read())["annotations"][:4]), "custom")
+    assert metrics["AP"] == metrics["AR"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("dataset", "gt_parts", "preds_name", "subset"),
+    [
+        (
+            "crowd_pose",
+            ("eval_fixtures", "crowdpose_example_gt.json"),
+            "crowdpose_example_preds.json",
+            [114203, 107292],
+        ),
+        (
+            "coco",
+            ("coco_sample", "annotations", "person_keypoints_val2017.json"),
+            "coco_sample_preds.json",
+            [785, 40083],
+        ),
+    ],
+)
+def test_subset_statistics_equal_a_file_of_the_subset_only(tmp_path, dataset, gt_parts, preds_name, subset):
+    """Every statistic of a subset run (CrowdPose's easy / medium / hard too) is that of a file holding only
+    the subset's images; results of the other images are left out."""
+    gt_path = shared_path(*gt_parts)
+    preds = json.loads(shared_path("eval_fixtures", preds_name).read_text())
+    gt = json.loads(gt_path.read_text())
+    cut = dict(gt, images=[i for i in gt["images"] if i["id"] in subset],
+               annotations=[a for a in gt["annotations"] if a["image_id"] in subset])  # fmt: skip
+    only = _write_gt(tmp_path, "subset_only.json", cut)
+    expected = evaluate_keypoints(only, [p for p in preds if p["image_id"] in subset], dataset)
+    assert evaluate_keypoints(str(gt_path), preds, dataset, image_ids=subset) == expected
+    full = evaluate_keypoints(str(gt_path), preds, dataset)
+    assert expected != full
+    if dataset == "crowd_pose":  # the subset has no easy image (crowd index < 0.2); the whole file has one
+        assert expected["AP (E)"] == -1.0 and full["AP (E)"] == 1.0
+
+
+def test_subset_image_not_in_the_file_is_named():
+    with pytest.raises(ValueError, match="1 image ids of the subset are not in .*: 4242"):
+        evaluate_keypoints(_coco_gt(), [], "coco", image_ids=[785, 4242])

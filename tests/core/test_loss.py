@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from higherpose.bench.reference import loop_ae_loss
-from higherpose.core.loss import AELoss, HeatmapLoss, MultiLossFactory
 from higherpose.bench.reference_swahr import swahr_multi_loss, swahr_total_loss
+from higherpose.core.loss import AELoss, HeatmapLoss, MultiLossFactory
 from higherpose.core.train_loop import combine_losses
 from higherpose.dataset.target_generators import HeatmapGenerator, JointsGenerator
 from tests.conftest import TINY_HRNET, load_cfg

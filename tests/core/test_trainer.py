@@ -14,10 +14,10 @@ import shutil
 import pytest
 import torch
 
+from higherpose.bench.reference_swahr import swahr_lr
 from higherpose.core import train_loop as loop
 from higherpose.core import trainer as T
 from higherpose.core.checkpointing import BEST_NAME, CHECKPOINT_NAME, FINAL_NAME, LEGACY_CHECKPOINT_NAME
-from higherpose.bench.reference_swahr import swahr_lr
 from higherpose.utils import distributed as du
 from higherpose.utils.checkpoint import load_file, load_pose_state_dict
 from higherpose.utils.meters import AverageMeter, eta_seconds, format_seconds

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -174,3 +175,24 @@ def test_valid_py_under_torchrun_equals_one_process(synthetic_val: Path, tmp_pat
         np.testing.assert_allclose(a["keypoints"], b["keypoints"], atol=1e-4)
     (metrics_two,), (metrics_one,) = ((tmp_path / d).rglob("metrics_val.json") for d in ("two", "one"))
     assert json.loads(metrics_two.read_text())["metrics"] == json.loads(metrics_one.read_text())["metrics"]
+
+
+def test_keypoint_categories_sharing_one_skeleton_are_evaluated_as_one_class(
+    synthetic_val: Path, tmp_path: Path
+) -> None:
+    """Half of the persons moved to a second category declared with the same keypoints: validation
+    gives the AP of the one-category file, not an average over categories with one left empty."""
+    root = tmp_path / "two_categories"
+    shutil.copytree(synthetic_val, root)
+    ann_file = root / "annotations" / "person_keypoints_val.json"
+    data = json.loads(ann_file.read_text())
+    data["categories"].append(dict(data["categories"][0], id=2, name="child"))
+    for ann in data["annotations"][::2]:
+        ann["category_id"] = 2
+    ann_file.write_text(json.dumps(data))
+    model = _perfect_model(_cfg(synthetic_val), synthetic_val)
+    one, _ = run_validation(_cfg(synthetic_val), model, str(tmp_path / "one"))
+    two, _ = run_validation(_cfg(root), model, str(tmp_path / "two"))
+    assert one["AP"] > 0.9 and two == one
+    only_first, _ = run_validation(_cfg(root, "DATASET.CATEGORY_IDS", "[1]"), model, str(tmp_path / "first"))
+    assert only_first["AP"] < one["AP"]  # the persons of category 2 are found, and are false positives now
