@@ -168,7 +168,7 @@ def load_ground_truth(
     data = read_annotations(gt_json_path)
     repeated = drop_repeated_annotations(data, gt_json_path)
     if repeated:
-        _log.warning("%s: %d annotations repeat an earlier annotation exactly: one of each is evaluated",
+        _log.warning("%s: annotations repeating an earlier one exactly: %d (one of each is evaluated)",
                      gt_json_path, len(repeated))  # fmt: skip
     selection = select_categories(data, tuple(category_ids or ()), None, gt_json_path)
     if selection.others:

@@ -20,9 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from higherpose.config.default import HEATMAPS_LOSS_TYPES
 from higherpose.core.layout import OutputLayout
-
-HEATMAP_LOSS_TYPES = ("mse", "wahr", "qfl", "swahr")
 
 
 class HeatmapLoss(nn.Module):
@@ -48,8 +47,8 @@ class HeatmapLoss(nn.Module):
 
     def __init__(self, loss_type: str = "mse"):
         super().__init__()
-        if loss_type not in HEATMAP_LOSS_TYPES:
-            raise ValueError(f"LOSS.HEATMAPS_LOSS_TYPE = {loss_type!r}: choose one of {HEATMAP_LOSS_TYPES}")
+        if loss_type not in HEATMAPS_LOSS_TYPES:
+            raise ValueError(f"LOSS.HEATMAPS_LOSS_TYPE = {loss_type!r}: choose one of {HEATMAPS_LOSS_TYPES}")
         self.loss_type = loss_type
 
     def forward(

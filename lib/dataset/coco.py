@@ -147,7 +147,7 @@ class CocoDataset(torch.utils.data.Dataset):
         if repeated:
             shown = ", ".join(str(i) for i in repeated[:10]) + (" ..." if len(repeated) > 10 else "")
             logger.warning(
-                "%s: %d annotations repeat an earlier annotation exactly (ids %s): one of each is kept",
+                "%s: annotations repeating an earlier one exactly: %d (ids %s; one of each is kept)",
                 self.ann_file, len(repeated), shown,
             )  # fmt: skip
         if sum(self.categories.counts.values()) or self.categories.others:  # test-dev splits have none

@@ -140,7 +140,7 @@ def test_an_exact_repeat_is_dropped_with_a_warning(tmp_path: Path, caplog) -> No
     with caplog.at_level(logging.WARNING, logger="higherpose.dataset.coco"):
         ds = CocoDataset(str(root), "val")
     assert [a["id"] for a in ds.coco.dataset["annotations"]] == [11, 21, 31]
-    assert "1 annotations repeat an earlier annotation exactly (ids 21): one of each is kept" in caplog.text
+    assert "annotations repeating an earlier one exactly: 1 (ids 21; one of each is kept)" in caplog.text
 
 
 def test_drop_repeated_annotations_leaves_unique_ids_alone() -> None:
