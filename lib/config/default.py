@@ -13,6 +13,8 @@ from typing import Any
 
 from yacs.config import CfgNode as CN
 
+from higherpose.config.models import SAT_HEAD, sat_head_problem
+
 _C = CN()
 
 _C.OUTPUT_DIR = ""  # checkpoints, logs and results go to OUTPUT_DIR/<dataset>/<model>/<cfg name>
@@ -53,20 +55,8 @@ _C.MODEL.TAG_PER_JOINT = True  # one tag map per joint (else a single tag map)
 _C.MODEL.EXTRA = CN(new_allowed=True)  # architecture (STAGE2..4, DECONV, ...), filled by the YAML
 _C.MODEL.SYNC_BN = False  # convert BatchNorm to SyncBatchNorm under DDP
 
-# NEW: structure-aware transformer (SAT) head of the higher_pose model
-_C.MODEL.SAT = CN()
-_C.MODEL.SAT.D_MODEL = 64  # token width d
-_C.MODEL.SAT.HEADS = 4  # attention heads (D_MODEL must divide by HEADS)
-_C.MODEL.SAT.PIXEL_LAYERS = 3  # pre-LN encoder layers over the pixel tokens
-_C.MODEL.SAT.KPT_LAYERS = 3  # keypoint-structure decoder layers (0 = no keypoint tokens)
-_C.MODEL.SAT.FFN_RATIO = 4  # FFN hidden width = FFN_RATIO * D_MODEL
-_C.MODEL.SAT.TOKEN_STRIDE = 8  # pixel-token stride w.r.t. the input: 8 or 16
-_C.MODEL.SAT.GRAPH_BIAS = True  # learned self-attention bias per skeleton hop distance
-_C.MODEL.SAT.MAX_HOP = 8  # hop distances are clamped to this value
-_C.MODEL.SAT.SYM_BIAS = True  # learned self-attention bias between left/right joint pairs
-_C.MODEL.SAT.BACK_PROJECT = True  # inject keypoint tokens back into the pixel features
-_C.MODEL.SAT.DYN_HEATMAP = True  # dynamic per-keypoint 1x1 heatmap term from the tokens
-_C.MODEL.SAT.DROPOUT = 0.0  # dropout in attention and FFN
+# NEW: structure-aware transformer (SAT) head of the higher_pose model (keys and comments: models.py)
+_C.MODEL.SAT = SAT_HEAD.clone()
 
 _C.LOSS = CN()
 _C.LOSS.NUM_STAGES = 1
@@ -440,10 +430,6 @@ def check_config(cfg: CN, source: str = "config") -> None:
         # Tags are only taken at scale 1.0 (HigherHRNet's aggregate_results); without it there are none.
         _fail(source, "TEST.SCALE_FACTOR", list(cfg.TEST.SCALE_FACTOR), "must contain 1.0")
 
-    sat = cfg.MODEL.SAT
-    if sat.D_MODEL % sat.HEADS:
-        _fail(source, "MODEL.SAT.D_MODEL", sat.D_MODEL, f"must be divisible by MODEL.SAT.HEADS = {sat.HEADS}")
-    if sat.D_MODEL % 4:
-        _fail(source, "MODEL.SAT.D_MODEL", sat.D_MODEL, "must be divisible by 4 (2-D sine encoding)")
-    if sat.TOKEN_STRIDE not in (8, 16):
-        _fail(source, "MODEL.SAT.TOKEN_STRIDE", sat.TOKEN_STRIDE, "choose 8 or 16")
+    problem = sat_head_problem(cfg.MODEL.SAT)
+    if problem:
+        _fail(source, *problem)
