@@ -85,6 +85,8 @@ _C.DATASET.SKELETON = []  # edges as [[a, b], ...], 0-based
 _C.DATASET.JOINT_NAMES = []
 _C.DATASET.CATEGORY_IDS = []  # NEW: keypoint categories trained and evaluated as one class ([] = all with keypoints)
 _C.DATASET.SYNTHETIC = False  # NEW: generate the synthetic set under ROOT when it is missing
+_C.DATASET.SYNTHETIC_SCENE = "plain"  # NEW: its generator preset: 'plain' or 'crowded' (crowdIndex per image)
+_C.DATASET.CROWD_INDEX_EVAL = False  # NEW: evaluate a COCO-format test set as CrowdPose: AP (E)/(M)/(H) by crowdIndex
 
 # training data augmentation
 _C.DATASET.MAX_ROTATION = 30
@@ -186,6 +188,7 @@ _C.DEBUG.SAVE_FREQ = 0  # NEW: debug grids at the steps of each epoch that are m
 MODEL_NAMES = ("pose_higher_hrnet", "higher_pose")
 TRAIN_DATASETS = ("coco_kpt", "crowd_pose_kpt", "custom_kpt")
 TEST_DATASETS = ("coco", "crowd_pose", "custom")
+SYNTHETIC_SCENES = ("plain", "crowded")  # the presets of higherpose.dataset.synthetic.scene.SCENES
 LR_SCHEDULERS = ("multistep", "cosine", "warmup_linear")
 HEATMAPS_LOSS_TYPES = ("mse", "wahr", "qfl", "swahr")
 MAX_LR = 1e3  # upper bound of TRAIN.LR: far above any LR that trains, far below a float32 overflow
@@ -331,6 +334,8 @@ def check_config(cfg: CN, source: str = "config") -> None:
         _fail(source, "DATASET.DATASET", cfg.DATASET.DATASET, f"choose one of {TRAIN_DATASETS}")
     if cfg.DATASET.DATASET_TEST not in TEST_DATASETS:
         _fail(source, "DATASET.DATASET_TEST", cfg.DATASET.DATASET_TEST, f"choose one of {TEST_DATASETS}")
+    if cfg.DATASET.SYNTHETIC_SCENE not in SYNTHETIC_SCENES:
+        _fail(source, "DATASET.SYNTHETIC_SCENE", cfg.DATASET.SYNTHETIC_SCENE, f"choose one of {SYNTHETIC_SCENES}")
 
     size = cfg.DATASET.INPUT_SIZE
     if size <= 0 or size % 32:
