@@ -4,6 +4,13 @@
     python tools/ablation.py --seeds 0 1 2 --sizes 256 128 --steps 2000
     python tools/ablation.py --configs a.yaml b.yaml --seeds 0 1 --steps 40000 --nproc 8 TRAIN.LR 0.002
     python tools/ablation.py --smoke                           # a few steps on a few images (tests)
+    python tools/ablation.py --configs experiments/synthetic/sat_study/*.yaml --sizes 128 --steps 2000
+
+Every config of experiments/synthetic/sat_study/ is higher_pose_tiny.yaml with one switch changed
+(its first line says which); docs/higher_pose.md lists the study. A synthetic config trains and tests
+on its own generated set (DATASET.ROOT, DATASET.SYNTHETIC_SCENE: the crowded configs on
+data/synthetic_crowded, generated on first use). Configs evaluated as CrowdPose (DATASET.CROWD_INDEX_EVAL)
+get their own table with AP (E)/(M)/(H).
 
 A size is the test input's short side; the training crop and heatmaps scale with it at the config's
 own training/test ratio (the tiny configs train on 192 crops of what they test at 256). ``--steps N``
@@ -25,7 +32,17 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from higherpose.studies.ablation import AblationError, Results, Run, plan, plot, run_opts, summary_table
+from higherpose.studies.ablation import (
+    AblationError,
+    Results,
+    Run,
+    load_config,
+    plan,
+    plot,
+    run_opts,
+    summary_table,
+    synthetic_data,
+)
 from higherpose.studies.quickstart import DEFAULT_NPROC, REPO, SMOKE_TRAIN, SMOKE_VALID, StepError, make_data, pipeline
 from higherpose.utils.atomic import atomic_write
 from higherpose.utils.meters import format_seconds
@@ -54,10 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     settings = {"configs": args.configs, "steps": args.steps, "opts": args.opts, "smoke": args.smoke}
     results = Results.open(output, settings)
 
-    data_root = None
-    if all(Path(c).parent.name == "synthetic" for c in args.configs) or args.smoke:
-        data_root = REPO / ("data/synthetic_smoke" if args.smoke else "data/synthetic")
-        make_data(data_root, args.smoke)
+    # each synthetic config's own set (DATASET.ROOT, DATASET.SYNTHETIC_SCENE, the overrides included)
+    data = {c: synthetic_data(load_config(c, args.opts), args.smoke, REPO) for c in args.configs}
+    for root, scene in dict.fromkeys(d for d in data.values() if d is not None):
+        make_data(root, args.smoke, scene=scene)
 
     todo = [run for run in runs if run.key not in results.runs]
     print(f"[ablation] {len(runs)} runs, {len(runs) - len(todo)} already in {results.path}, {len(todo)} to train")
@@ -71,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n[ablation] start {run.key}", flush=True)
         folder = output / run.folder
         extra = [*opts[run.key], *args.opts]
+        data_root = data[run.config][0] if data[run.config] else None
         summary = pipeline(run.config, folder, data_root, [*train_opts, *extra], [*valid, *extra], 0, nproc=args.nproc)
         if not summary["metrics"]:
             raise StepError(f"{run.key}: valid.py wrote no metrics under {folder}")

@@ -33,11 +33,16 @@ def preflight(cfg: Any, nproc: int) -> None:
     if nproc < 1:
         raise ConfigError(f"--nproc = {nproc}: must be at least 1")
     root = cfg.DATASET.ROOT
-    if cfg.DATASET.SYNTHETIC and not os.path.isdir(root):
-        from higherpose.dataset.synthetic import ensure_synthetic
+    if cfg.DATASET.SYNTHETIC:
+        from higherpose.dataset.synthetic import SCENES, ensure_synthetic
 
-        print(f"=> generating the synthetic data set in {root}", flush=True)
-        ensure_synthetic(root)
+        scene = cfg.DATASET.SYNTHETIC_SCENE
+        if not os.path.isdir(root):
+            print(f"=> generating the synthetic data set ({scene}) in {root}", flush=True)
+        try:
+            ensure_synthetic(root, cfg=SCENES[scene])  # a complete set of another preset: an error
+        except ValueError as err:
+            raise ConfigError(f"DATASET.SYNTHETIC_SCENE = {scene!r}: {err}") from None
     if not os.path.isdir(root):
         raise ConfigError(
             f"DATASET.ROOT = {root!r} does not exist (DATA_DIR = {cfg.DATA_DIR!r}); point it at the data set, "

@@ -13,6 +13,8 @@ from typing import Any
 
 from yacs.config import CfgNode as CN
 
+from higherpose.config.models import SAT_HEAD, sat_head_problem
+
 _C = CN()
 
 _C.OUTPUT_DIR = ""  # checkpoints, logs and results go to OUTPUT_DIR/<dataset>/<model>/<cfg name>
@@ -53,20 +55,8 @@ _C.MODEL.TAG_PER_JOINT = True  # one tag map per joint (else a single tag map)
 _C.MODEL.EXTRA = CN(new_allowed=True)  # architecture (STAGE2..4, DECONV, ...), filled by the YAML
 _C.MODEL.SYNC_BN = False  # convert BatchNorm to SyncBatchNorm under DDP
 
-# NEW: structure-aware transformer (SAT) head of the higher_pose model
-_C.MODEL.SAT = CN()
-_C.MODEL.SAT.D_MODEL = 64  # token width d
-_C.MODEL.SAT.HEADS = 4  # attention heads (D_MODEL must divide by HEADS)
-_C.MODEL.SAT.PIXEL_LAYERS = 3  # pre-LN encoder layers over the pixel tokens
-_C.MODEL.SAT.KPT_LAYERS = 3  # keypoint-structure decoder layers (0 = no keypoint tokens)
-_C.MODEL.SAT.FFN_RATIO = 4  # FFN hidden width = FFN_RATIO * D_MODEL
-_C.MODEL.SAT.TOKEN_STRIDE = 8  # pixel-token stride w.r.t. the input: 8 or 16
-_C.MODEL.SAT.GRAPH_BIAS = True  # learned self-attention bias per skeleton hop distance
-_C.MODEL.SAT.MAX_HOP = 8  # hop distances are clamped to this value
-_C.MODEL.SAT.SYM_BIAS = True  # learned self-attention bias between left/right joint pairs
-_C.MODEL.SAT.BACK_PROJECT = True  # inject keypoint tokens back into the pixel features
-_C.MODEL.SAT.DYN_HEATMAP = True  # dynamic per-keypoint 1x1 heatmap term from the tokens
-_C.MODEL.SAT.DROPOUT = 0.0  # dropout in attention and FFN
+# NEW: structure-aware transformer (SAT) head of the higher_pose model (keys and comments: models.py)
+_C.MODEL.SAT = SAT_HEAD.clone()
 
 _C.LOSS = CN()
 _C.LOSS.NUM_STAGES = 1
@@ -95,6 +85,8 @@ _C.DATASET.SKELETON = []  # edges as [[a, b], ...], 0-based
 _C.DATASET.JOINT_NAMES = []
 _C.DATASET.CATEGORY_IDS = []  # NEW: keypoint categories trained and evaluated as one class ([] = all with keypoints)
 _C.DATASET.SYNTHETIC = False  # NEW: generate the synthetic set under ROOT when it is missing
+_C.DATASET.SYNTHETIC_SCENE = "plain"  # NEW: its generator preset: 'plain' or 'crowded' (crowdIndex per image)
+_C.DATASET.CROWD_INDEX_EVAL = False  # NEW: evaluate a COCO-format test set as CrowdPose: AP (E)/(M)/(H) by crowdIndex
 
 # training data augmentation
 _C.DATASET.MAX_ROTATION = 30
@@ -196,6 +188,7 @@ _C.DEBUG.SAVE_FREQ = 0  # NEW: debug grids at the steps of each epoch that are m
 MODEL_NAMES = ("pose_higher_hrnet", "higher_pose")
 TRAIN_DATASETS = ("coco_kpt", "crowd_pose_kpt", "custom_kpt")
 TEST_DATASETS = ("coco", "crowd_pose", "custom")
+SYNTHETIC_SCENES = ("plain", "crowded")  # the presets of higherpose.dataset.synthetic.scene.SCENES
 LR_SCHEDULERS = ("multistep", "cosine", "warmup_linear")
 HEATMAPS_LOSS_TYPES = ("mse", "wahr", "qfl", "swahr")
 MAX_LR = 1e3  # upper bound of TRAIN.LR: far above any LR that trains, far below a float32 overflow
@@ -341,6 +334,8 @@ def check_config(cfg: CN, source: str = "config") -> None:
         _fail(source, "DATASET.DATASET", cfg.DATASET.DATASET, f"choose one of {TRAIN_DATASETS}")
     if cfg.DATASET.DATASET_TEST not in TEST_DATASETS:
         _fail(source, "DATASET.DATASET_TEST", cfg.DATASET.DATASET_TEST, f"choose one of {TEST_DATASETS}")
+    if cfg.DATASET.SYNTHETIC_SCENE not in SYNTHETIC_SCENES:
+        _fail(source, "DATASET.SYNTHETIC_SCENE", cfg.DATASET.SYNTHETIC_SCENE, f"choose one of {SYNTHETIC_SCENES}")
 
     size = cfg.DATASET.INPUT_SIZE
     if size <= 0 or size % 32:
@@ -440,10 +435,6 @@ def check_config(cfg: CN, source: str = "config") -> None:
         # Tags are only taken at scale 1.0 (HigherHRNet's aggregate_results); without it there are none.
         _fail(source, "TEST.SCALE_FACTOR", list(cfg.TEST.SCALE_FACTOR), "must contain 1.0")
 
-    sat = cfg.MODEL.SAT
-    if sat.D_MODEL % sat.HEADS:
-        _fail(source, "MODEL.SAT.D_MODEL", sat.D_MODEL, f"must be divisible by MODEL.SAT.HEADS = {sat.HEADS}")
-    if sat.D_MODEL % 4:
-        _fail(source, "MODEL.SAT.D_MODEL", sat.D_MODEL, "must be divisible by 4 (2-D sine encoding)")
-    if sat.TOKEN_STRIDE not in (8, 16):
-        _fail(source, "MODEL.SAT.TOKEN_STRIDE", sat.TOKEN_STRIDE, "choose 8 or 16")
+    problem = sat_head_problem(cfg.MODEL.SAT)
+    if problem:
+        _fail(source, *problem)

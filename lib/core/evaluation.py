@@ -32,6 +32,8 @@ from higherpose.dataset.annotations import (
     read_annotations,
     select_categories,
 )
+from higherpose.dataset.crowd_index import add_crowd_index
+from higherpose.dataset.specs import COCO as COCO_SPEC
 from higherpose.dataset.specs import CROWDPOSE
 from higherpose.utils.atomic import write_json_atomic
 
@@ -215,6 +217,7 @@ def evaluate_keypoints(
     sigmas: Sequence[float] | None = None,
     image_ids: Sequence[int] | None = None,
     category_ids: Sequence[int] | None = None,
+    crowd_index: bool = False,
 ) -> OrderedDict:
     """Keypoint AP/AR of ``results`` against the annotations in ``gt_json_path``.
 
@@ -225,14 +228,24 @@ def evaluate_keypoints(
     ``category_ids``: the keypoint categories evaluated as one class against every result (None or
     empty: every category with keypoints); annotations of other categories are left out. The ground
     truth is prepared in memory by :func:`load_ground_truth`; the file is never changed.
+    ``crowd_index`` ('coco' / 'custom', ``DATASET.CROWD_INDEX_EVAL``): evaluated as CrowdPose is, with
+    faster-coco-eval's ``keypoints_crowd`` and CrowdPose's names (AP (E)/(M)/(H): images by crowdIndex),
+    but with the set's sigmas and COCO's OKS scale (the annotations' ``area``), so AP, AP .5 and AP .75
+    are COCO's; images without ``crowdIndex`` get one computed from their annotations
+    (:mod:`higherpose.dataset.crowd_index`).
     Returns an OrderedDict of the evaluator's stats (names as HigherHRNet). Empty results are evaluated
     too: 0 where there are persons, -1 (the evaluator's "no such persons") for a size range without any,
     as with detections.
     """
     if dataset not in ("coco", "crowd_pose", "custom"):
         raise ValueError(f"dataset = {dataset!r}: choose 'coco', 'crowd_pose' or 'custom'")
-    names = CROWDPOSE_NAMES if dataset == "crowd_pose" else COCO_NAMES
+    crowd = dataset == "crowd_pose" or crowd_index
+    names = CROWDPOSE_NAMES if crowd else COCO_NAMES
     data, all_ids = load_ground_truth(gt_json_path, dataset, category_ids, image_ids)
+    if crowd_index and dataset != "crowd_pose":
+        added = add_crowd_index(data)
+        if added:
+            _log.info("%s: crowdIndex computed for %d images that had none", gt_json_path, added)
     _check_image_ids(results, all_ids, gt_json_path)
     if image_ids is not None:
         wanted = {int(i) for i in image_ids}
@@ -240,7 +253,7 @@ def evaluate_keypoints(
     results = [dict(r) for r in results]  # the evaluators add fields (area, id) to the dicts
     quiet = io.StringIO()
     with contextlib.redirect_stdout(quiet):
-        if dataset == "crowd_pose":
+        if crowd:
             from faster_coco_eval import COCO
             from faster_coco_eval import COCOeval_faster as COCOeval
 
@@ -252,13 +265,14 @@ def evaluate_keypoints(
 
             gt = coco_from_dict(data)
         dt = gt.loadRes(results) if results else _empty_results(gt, COCO)
-        if dataset == "crowd_pose":
+        if crowd:
+            default_sigmas = CROWDPOSE.sigmas if dataset == "crowd_pose" else COCO_SPEC.sigmas
             ev = COCOeval(
                 gt,
                 dt,
                 iouType="keypoints_crowd",
-                kpt_oks_sigmas=list(sigmas or CROWDPOSE.sigmas),
-                use_area=False,
+                kpt_oks_sigmas=list(sigmas or default_sigmas),
+                use_area=dataset != "crowd_pose",  # CrowdPose's files have no area: 0.53 x its box instead
                 print_function=lambda *a, **k: None,
             )
         else:

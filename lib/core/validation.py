@@ -212,5 +212,6 @@ def _write_and_evaluate(
         sigmas=dataset.spec.sigmas,
         image_ids=ids[:total] if total < len(ids) else None,
         category_ids=dataset.categories.ids,
+        crowd_index=bool(cfg.DATASET.CROWD_INDEX_EVAL),
     )
     return metrics, results

@@ -41,11 +41,12 @@ _TEST_CLASSES = {"coco": CocoDataset, "crowd_pose": CrowdPoseDataset, "custom": 
 
 
 def _ensure_data(cfg) -> None:
-    """Generate the synthetic set under ``DATASET.ROOT`` when ``DATASET.SYNTHETIC`` and it is missing."""
+    """Generate the synthetic set (preset ``DATASET.SYNTHETIC_SCENE``) under ``DATASET.ROOT`` when
+    ``DATASET.SYNTHETIC`` and it is missing; a set of another preset there is an error."""
     if cfg.DATASET.SYNTHETIC:
-        from higherpose.dataset.synthetic import ensure_synthetic
+        from higherpose.dataset.synthetic import SCENES, ensure_synthetic
 
-        ensure_synthetic(cfg.DATASET.ROOT)
+        ensure_synthetic(cfg.DATASET.ROOT, cfg=SCENES[cfg.DATASET.SYNTHETIC_SCENE])
 
 
 def output_sizes(cfg) -> list[int]:

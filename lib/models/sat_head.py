@@ -5,23 +5,30 @@ HigherHRNet's unchanged heads, and returns ``X'`` (same shape) plus an optional 
 ``D (B, K, H, W)`` that is added to the 1/4 heatmaps:
 
 1. tokeniser: Conv3x3 s2 + BN + ReLU (stride 8 w.r.t. the input; an AvgPool2d(2) more for stride 16),
-   then a depthwise 3x3 conditional position encoding (PEG) and a 2-D sine encoding computed on every
-   forward from normalised coordinates, so any H x W works;
-2. pixel encoder: pre-LN self-attention layers over the pixel tokens;
-3. keypoint decoder: K learned keypoint-type tokens; self-attention with a learned bias per skeleton
-   hop distance and per left/right pair, cross-attention to the pixel tokens, FFN;
-4. back-projection: pixels attend to the keypoint tokens (gate ``gamma1``), bilinear upsampling and a
-   1x1 conv + BN back to C channels (gate ``gamma2``);
+   then a depthwise 3x3 conditional position encoding (PEG) and a 2-D sine encoding in token units
+   computed on every forward, so any H x W works and a token offset means the same in training and
+   at test;
+2. pixel encoder: pre-LN self-attention layers over the pixel tokens (or, as a control, a depthwise
+   7x7 conv in place of the attention);
+3. keypoint decoder: K learned keypoint-type tokens; cross-attention to the pixel tokens, then
+   self-attention with a learned bias per skeleton hop distance and per left/right pair, FFN;
+4. back-projection: pixels attend to the keypoint tokens (gate ``gamma1``), bilinear upsampling with
+   every token on the map pixel it is centred on, and a 1x1 conv + BN back to C channels (gate
+   ``gamma2``): the residual;
 5. dynamic heatmap: each keypoint token predicts a 1x1 kernel and bias applied to ``X'``.
 
 Both gates and the dynamic-heatmap Linear start at zero, so at initialisation the model computes
 exactly HigherHRNet. All attention goes through ``F.scaled_dot_product_attention`` on batch-first
 ``(B, heads, N, d)`` tensors: tokens never attend across images (the original HigherPose code did).
+
+``version 1`` is the earlier head, kept for its checkpoints: ``F.interpolate(align_corners=False)``
+back to the map (the residual half a 1/4-map pixel off at stride 8, 0.5 pixel at 16), the skeleton
+self-attention before the cross-attention, and sine codes normalised to the token grid. Its state
+dict has no ``head_version`` entry; version 2's has one, so each refuses the other's checkpoints.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,154 +37,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from higherpose.models.blocks import BN_MOMENTUM
+from higherpose.models.sat_layers import (
+    Attention,
+    ConvMixerLayer,
+    FeedForward,
+    KeypointDecoderLayer,
+    PixelEncoderLayer,
+    sine_position_embedding,
+    upsample_tokens,
+)
 
+# The head's version (MODEL.SAT.VERSION): 2 is the default; 1 reproduces the earlier head for its checkpoints.
+HEAD_VERSIONS = (1, 2)
+PIXEL_MIXERS = ("attention", "conv")
+# Kernel of the depthwise conv that replaces the pixel attention in the 'conv' control.
+CONV_MIXER_KERNEL = 7
 
-def sine_position_embedding(
-    height: int, width: int, dim: int, temperature: float = 1e4, device: Any = None, dtype: Any = None
-) -> torch.Tensor:
-    """2-D sine encoding of a ``height x width`` grid from normalised coordinates.
-
-    ``y_i = (i + 1/2) / height * 2 pi`` (same for x); with ``n = dim / 4`` frequencies
-    ``temperature^(k / n)``, the features are ``[sin y, cos y, sin x, cos x]`` (n each).
-
-    Returns:
-        ``(height * width, dim)``, row-major over the grid (the order of ``flatten(2)``).
-    """
-    if dim % 4:
-        raise ValueError(f"sine position embedding: dim = {dim} must be divisible by 4")
-    n = dim // 4
-    freq = temperature ** (torch.arange(n, device=device, dtype=torch.float32) / n)
-    y = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) / height * (2 * math.pi)
-    x = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) / width * (2 * math.pi)
-    py = y[:, None] / freq  # (h, n)
-    px = x[:, None] / freq  # (w, n)
-    emb_y = torch.cat((py.sin(), py.cos()), dim=1)[:, None, :].expand(height, width, 2 * n)
-    emb_x = torch.cat((px.sin(), px.cos()), dim=1)[None, :, :].expand(height, width, 2 * n)
-    return torch.cat((emb_y, emb_x), dim=2).reshape(height * width, dim).to(dtype or torch.float32)
-
-
-class Attention(nn.Module):
-    """Multi-head attention with separate q/k/v/out projections (4 x (d^2 + d) parameters).
-
-    ``forward(query (B, Nq, d), key (B, Nk, d), value (B, Nk, d), bias (1|B, heads, Nq, Nk) | None)``
-    returns ``(B, Nq, d)``. ``bias`` is added to the attention logits (SDPA's float ``attn_mask``).
-    """
-
-    def __init__(self, dim: int, num_heads: int, dropout: float = 0.0):
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"attention: dim = {dim} must be divisible by num_heads = {num_heads}")
-        self.num_heads = num_heads
-        self.dropout = dropout
-        self.q_proj = nn.Linear(dim, dim)
-        self.k_proj = nn.Linear(dim, dim)
-        self.v_proj = nn.Linear(dim, dim)
-        self.out_proj = nn.Linear(dim, dim)
-
-    def _split(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, d = x.shape
-        return x.view(b, n, self.num_heads, d // self.num_heads).transpose(1, 2)  # (B, h, N, d_h)
-
-    def forward(
-        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        b, n, d = query.shape
-        q, k, v = self._split(self.q_proj(query)), self._split(self.k_proj(key)), self._split(self.v_proj(value))
-        if bias is not None:
-            bias = bias.to(q.dtype)  # SDPA wants the float mask in the query's dtype (autocast)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=bias, dropout_p=self.dropout if self.training else 0.0
-        )  # (B, h, Nq, d_h)
-        return self.out_proj(out.transpose(1, 2).reshape(b, n, d))
-
-
-class FeedForward(nn.Module):
-    """Pre-LN FFN ``Linear(d, r d) -> GELU -> Linear(r d, d)`` (its LayerNorm included): ``(B, N, d)``."""
-
-    def __init__(self, dim: int, hidden: int, dropout: float = 0.0):
-        super().__init__()
-        self.norm = nn.LayerNorm(dim)
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-        self.drop = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(self.norm(x))))))
-
-
-class PixelEncoderLayer(nn.Module):
-    """``P <- P + MHSA(Q=K=LN(P)+E, V=LN(P)); P <- P + FFN(LN(P))`` on ``P (B, N, d)``, ``E (1, N, d)``."""
-
-    def __init__(self, dim: int, num_heads: int, ffn_hidden: int, dropout: float = 0.0):
-        super().__init__()
-        self.norm = nn.LayerNorm(dim)
-        self.attn = Attention(dim, num_heads, dropout)
-        self.ffn = FeedForward(dim, ffn_hidden, dropout)
-        self.drop = nn.Dropout(dropout)
-
-    def forward(self, p: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        u = self.norm(p)
-        qk = u + pos
-        p = p + self.drop(self.attn(qk, qk, u))
-        return p + self.ffn(p)
-
-
-class KeypointDecoderLayer(nn.Module):
-    """Keypoint-type tokens ``T (B, K, d)``: structure-biased self-attention, cross-attention to the
-    pixel memory, FFN.
-
-    The self-attention logits of head h get ``hop_bias[hop(i, j), h]`` (Graphormer spatial encoding;
-    ``num_hops`` entries, None = off) and ``sym_bias[h]`` where ``(i, j)`` is a left/right pair
-    (``sym`` False = off). Both tables start at zero and are the only way the skeleton enters.
-    """
-
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        ffn_hidden: int,
-        num_hops: int | None,
-        sym: bool,
-        dropout: float = 0.0,
-    ):
-        super().__init__()
-        self.norm_self = nn.LayerNorm(dim)
-        self.self_attn = Attention(dim, num_heads, dropout)
-        self.hop_bias = nn.Parameter(torch.zeros(num_hops, num_heads)) if num_hops else None
-        self.sym_bias = nn.Parameter(torch.zeros(num_heads)) if sym else None
-        self.norm_cross = nn.LayerNorm(dim)
-        self.cross_attn = Attention(dim, num_heads, dropout)
-        self.ffn = FeedForward(dim, ffn_hidden, dropout)
-        self.drop = nn.Dropout(dropout)
-
-    def attention_bias(self, hop_index: torch.Tensor, sym_mask: torch.Tensor) -> torch.Tensor | None:
-        """``(1, heads, K, K)`` logit bias from ``hop_index (K, K) long`` and ``sym_mask (K, K) float``,
-        or None when both biases are off (shared by all images: broadcast over B)."""
-        bias = None
-        if self.hop_bias is not None:
-            bias = self.hop_bias[hop_index].permute(2, 0, 1)  # (h, K, K)
-        if self.sym_bias is not None:
-            sym = self.sym_bias[:, None, None] * sym_mask
-            bias = sym if bias is None else bias + sym
-        return None if bias is None else bias[None]
-
-    def forward(
-        self,
-        t: torch.Tensor,
-        query_pos: torch.Tensor,
-        memory: torch.Tensor,
-        memory_pos: torch.Tensor,
-        hop_index: torch.Tensor,
-        sym_mask: torch.Tensor,
-    ) -> torch.Tensor:
-        """``t (B, K, d)``, ``query_pos (1, K, d)``, ``memory (B, N, d)`` (already normalised),
-        ``memory_pos (1, N, d)`` -> ``(B, K, d)``."""
-        u = self.norm_self(t)
-        qk = u + query_pos
-        t = t + self.drop(self.self_attn(qk, qk, u, self.attention_bias(hop_index, sym_mask)))
-        t = t + self.drop(self.cross_attn(self.norm_cross(t) + query_pos, memory + memory_pos, memory))
-        return t + self.ffn(t)
+__all__ = ["HEAD_VERSIONS", "PIXEL_MIXERS", "Attention", "FeedForward", "SATHead", "sine_position_embedding"]
 
 
 class SATHead(nn.Module):
@@ -194,6 +70,11 @@ class SATHead(nn.Module):
         sym_bias: learned bias between left/right pairs.
         back_project: pixels attend back to the keypoint tokens (gate ``gamma1``).
         dyn_heatmap: the tokens predict a per-keypoint 1x1 heatmap kernel.
+        residual: the pixel tokens are upsampled and added to ``x`` (False: ``x`` passes unchanged and
+            the dynamic heatmap is the head's only output).
+        pixel_mixer: ``'attention'``, or ``'conv'``: a depthwise 7x7 conv of the same width in place of
+            the pixel self-attention (a control that separates attention from local context).
+        version: 2, or 1 for the earlier head (module docstring).
 
     ``kpt_layers = 0`` builds no keypoint tokens (and so no back-projection, biases or dynamic term).
 
@@ -219,10 +100,27 @@ class SATHead(nn.Module):
         back_project: bool = True,
         dyn_heatmap: bool = True,
         dropout: float = 0.0,
+        residual: bool = True,
+        pixel_mixer: str = "attention",
+        version: int = 2,
     ):
         super().__init__()
         if token_stride not in (8, 16):
             raise ValueError(f"SAT head: token_stride = {token_stride}: choose 8 or 16")
+        if version not in HEAD_VERSIONS:
+            raise ValueError(f"SAT head: version = {version}: choose one of {HEAD_VERSIONS}")
+        if pixel_mixer not in PIXEL_MIXERS:
+            raise ValueError(f"SAT head: pixel_mixer = {pixel_mixer!r}: choose one of {PIXEL_MIXERS}")
+        if not residual and back_project and kpt_layers > 0:
+            raise ValueError(
+                "SAT head: RESIDUAL False but BACK_PROJECT True: the back-projection only changes the residual; "
+                "set MODEL.SAT.BACK_PROJECT False"
+            )
+        if not residual and not (dyn_heatmap and kpt_layers > 0):
+            raise ValueError(
+                "SAT head: RESIDUAL False leaves the dynamic heatmap as the only output, which needs "
+                "MODEL.SAT.DYN_HEATMAP True and KPT_LAYERS > 0"
+            )
         if kpt_layers > 0 and not (back_project or dyn_heatmap):
             # the tokens would reach no output: their parameters would get no gradient (and DDP fails)
             raise ValueError(
@@ -235,6 +133,9 @@ class SATHead(nn.Module):
         self.in_channels = in_channels
         self.num_joints = num_joints
         self.d_model = d_model
+        self.token_stride = token_stride
+        self.version = version
+        self.residual = residual
         self.with_keypoints = kpt_layers > 0
         self.back_project = back_project and self.with_keypoints
         self.dyn_heatmap = dyn_heatmap and self.with_keypoints
@@ -250,9 +151,11 @@ class SATHead(nn.Module):
         self.peg = nn.Conv2d(d_model, d_model, 3, 1, 1, groups=d_model)
 
         # 2. pixel encoder
-        self.pixel_layers = nn.ModuleList(
-            PixelEncoderLayer(d_model, num_heads, ffn_hidden, dropout) for _ in range(pixel_layers)
-        )
+        if pixel_mixer == "conv":
+            layers = [ConvMixerLayer(d_model, ffn_hidden, CONV_MIXER_KERNEL, dropout) for _ in range(pixel_layers)]
+        else:
+            layers = [PixelEncoderLayer(d_model, num_heads, ffn_hidden, dropout) for _ in range(pixel_layers)]
+        self.pixel_layers = nn.ModuleList(layers)
 
         # 3. keypoint decoder (only what reaches an output is built)
         if self.with_keypoints:
@@ -261,7 +164,7 @@ class SATHead(nn.Module):
             self.kpt_pos = nn.Parameter(torch.zeros(num_joints, d_model))
             num_hops = max_hop + 1 if graph_bias else None
             self.kpt_layers = nn.ModuleList(
-                KeypointDecoderLayer(d_model, num_heads, ffn_hidden, num_hops, sym_bias, dropout)
+                KeypointDecoderLayer(d_model, num_heads, ffn_hidden, num_hops, sym_bias, dropout, version >= 2)
                 for _ in range(kpt_layers)
             )
             self.kpt_norm = nn.LayerNorm(d_model)
@@ -277,15 +180,18 @@ class SATHead(nn.Module):
             self.back_norm = nn.LayerNorm(d_model)
             self.back_attn = Attention(d_model, num_heads, dropout)
             self.gamma1 = nn.Parameter(torch.zeros(d_model))
-        self.up_proj = nn.Sequential(
-            nn.Conv2d(d_model, in_channels, 1, bias=False), nn.BatchNorm2d(in_channels, momentum=BN_MOMENTUM)
-        )
-        self.gamma2 = nn.Parameter(torch.zeros(in_channels))
+        if residual:
+            self.up_proj = nn.Sequential(
+                nn.Conv2d(d_model, in_channels, 1, bias=False), nn.BatchNorm2d(in_channels, momentum=BN_MOMENTUM)
+            )
+            self.gamma2 = nn.Parameter(torch.zeros(in_channels))
 
         # 5. dynamic heatmap: token k -> [w_k (C); c_k]
         if self.dyn_heatmap:
             self.dyn_linear = nn.Linear(d_model, in_channels + 1)
 
+        if version >= 2:  # marks the checkpoint (version 1's state dict is the earlier head's, unchanged)
+            self.register_buffer("head_version", torch.tensor(version, dtype=torch.long))
         self.reset_parameters()
 
     @classmethod
@@ -317,6 +223,9 @@ class SATHead(nn.Module):
             back_project=bool(sat.BACK_PROJECT),
             dyn_heatmap=bool(sat.DYN_HEATMAP),
             dropout=float(sat.DROPOUT),
+            residual=bool(sat.RESIDUAL),
+            pixel_mixer=str(sat.PIXEL_MIXER),
+            version=int(sat.VERSION),
         )
 
     def reset_parameters(self) -> None:
@@ -349,10 +258,23 @@ class SATHead(nn.Module):
                     nn.init.zeros_(layer.sym_bias)
         if self.back_project:
             nn.init.zeros_(self.gamma1)
-        nn.init.zeros_(self.gamma2)
+        if self.residual:
+            nn.init.zeros_(self.gamma2)
         if self.dyn_heatmap:
             nn.init.zeros_(self.dyn_linear.weight)
             nn.init.zeros_(self.dyn_linear.bias)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        """Refuse a checkpoint of the other head version (a HigherHRNet one, without any head key, loads)."""
+        if any(k.startswith(prefix) for k in state_dict):
+            stored = state_dict.get(prefix + "head_version")
+            stored = 1 if stored is None else int(stored)
+            if stored != self.version:
+                raise ValueError(
+                    f"the checkpoint holds the SAT head of MODEL.SAT.VERSION {stored}, the model is version "
+                    f"{self.version}: set MODEL.SAT.VERSION {stored} to load it (docs/higher_pose.md)"
+                )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``x (B, C, H, W)`` -> ``(x' (B, C, H, W), D (B, K, H, W) or None)``."""
@@ -361,9 +283,11 @@ class SATHead(nn.Module):
         z = z + self.peg(z)
         h, w = z.shape[-2:]
         p = z.flatten(2).transpose(1, 2)  # (B, N, d), N = h * w
-        pos = sine_position_embedding(h, w, self.d_model, device=x.device, dtype=p.dtype)[None]  # (1, N, d)
+        normalize = self.version == 1
+        pos = sine_position_embedding(h, w, self.d_model, device=x.device, dtype=p.dtype, normalize=normalize)
+        pos = pos[None]  # (1, N, d)
         for layer in self.pixel_layers:
-            p = layer(p, pos)
+            p = layer(p, pos, (h, w))
 
         tokens = None
         if self.with_keypoints:
@@ -376,9 +300,13 @@ class SATHead(nn.Module):
             if self.back_project:
                 p = p + self.gamma1 * self.back_attn(self.back_norm(p) + pos, tokens + query_pos, tokens)
 
-        y = p.transpose(1, 2).reshape(b, self.d_model, h, w)
-        y = F.interpolate(y, size=(height, width), mode="bilinear", align_corners=False)
-        x = x + self.gamma2[:, None, None] * self.up_proj(y)
+        if self.residual:
+            y = p.transpose(1, 2).reshape(b, self.d_model, h, w)
+            if self.version == 1:
+                y = F.interpolate(y, size=(height, width), mode="bilinear", align_corners=False)
+            else:
+                y = upsample_tokens(y, (height, width), self.token_stride)
+            x = x + self.gamma2[:, None, None] * self.up_proj(y)
 
         dyn = None
         if self.dyn_heatmap:

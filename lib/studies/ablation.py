@@ -24,8 +24,11 @@ from higherpose.config import cfg as default_cfg
 from higherpose.config import update_config
 from higherpose.utils.atomic import atomic_write, write_json_atomic
 
-# The AP columns of the summary; "Ap .5" is HigherHRNet's spelling of the metric's name.
+# The AP columns of the summary; "Ap .5" is HigherHRNet's spelling of the metric's name. Runs evaluated
+# as CrowdPose (crowd_pose, DATASET.CROWD_INDEX_EVAL) get a table of their own: their AP (M) is the
+# medium crowd index, not COCO's medium size.
 METRICS = ("AP", "Ap .5", "AP .75", "AP (M)", "AP (L)")
+CROWD_METRICS = ("AP", "Ap .5", "AP .75", "AP (E)", "AP (M)", "AP (H)")
 RESULTS_NAME = "results.json"
 
 
@@ -68,6 +71,16 @@ def load_config(cfg_file: str, opts: Sequence[str] = ()) -> Any:
     cfg = default_cfg.clone()
     update_config(cfg, argparse.Namespace(cfg=cfg_file, opts=list(opts)))
     return cfg
+
+
+def synthetic_data(cfg: Any, smoke: bool, repo: Path) -> tuple[Path, str] | None:
+    """Where a run of ``cfg`` finds its generated data and the generator preset, or None (the config's own
+    data set). A synthetic config's ``DATASET.ROOT`` (relative to ``repo``), with ``_smoke`` appended for
+    a smoke run; any other config in a smoke run: the plain smoke set."""
+    if cfg.DATASET.SYNTHETIC:
+        root = Path(cfg.DATASET.ROOT) if Path(cfg.DATASET.ROOT).is_absolute() else repo / cfg.DATASET.ROOT
+        return (root.with_name(root.name + "_smoke") if smoke else root), cfg.DATASET.SYNTHETIC_SCENE
+    return (repo / "data/synthetic_smoke", "plain") if smoke else None
 
 
 def size_opts(cfg: Any, cfg_file: str, size: int) -> list[str]:
@@ -162,21 +175,31 @@ def _pm(values: Sequence[float], signed: bool = False) -> str:
     return shown if math.isnan(std) else f"{shown} ± {std:.3f}"
 
 
+def _is_crowd(runs: Sequence[dict[str, Any]], label: str) -> bool:
+    return any("AP (E)" in r["metrics"] for r in runs if Path(r["config"]).stem == label)
+
+
 def summary_table(runs: Iterable[dict[str, Any]], labels: Sequence[str], sizes: Sequence[int]) -> str:
-    """Markdown: mean ± std over seeds of :data:`METRICS` per (config, size) with each seed's AP,
-    then the paired AP difference of every config against the first."""
+    """Markdown: mean ± std over seeds of :data:`METRICS` per (config, size) with each seed's AP (configs
+    evaluated as CrowdPose: a second table of :data:`CROWD_METRICS`), then the paired AP difference of
+    every config against the first."""
     runs = list(runs)
-    head = ["config", "size", "seeds", *METRICS, "AP per seed"]
-    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
-    for size in sizes:
-        for label in labels:
-            per_metric = {m: _by_seed(runs, label, size, m) for m in METRICS}
-            seeds = sorted(per_metric["AP"])
-            if not seeds:
-                continue
-            cells = [_pm([per_metric[m][s] for s in seeds]) for m in METRICS]
-            each = ", ".join(f"{per_metric['AP'][s]:.3f}" for s in seeds)
-            lines.append(f"| {label} | {size} | {len(seeds)} | " + " | ".join(cells) + f" | {each} |")
+    lines: list[str] = []
+    for columns, crowd in ((METRICS, False), (CROWD_METRICS, True)):
+        family = [label for label in labels if _is_crowd(runs, label) == crowd]
+        if not family:
+            continue
+        head = ["config", "size", "seeds", *columns, "AP per seed"]
+        lines += ([""] if lines else []) + ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+        for size in sizes:
+            for label in family:
+                per_metric = {m: _by_seed(runs, label, size, m) for m in columns}
+                seeds = sorted(per_metric["AP"])
+                if not seeds:
+                    continue
+                cells = [_pm([per_metric[m][s] for s in seeds]) for m in columns]
+                each = ", ".join(f"{per_metric['AP'][s]:.3f}" for s in seeds)
+                lines.append(f"| {label} | {size} | {len(seeds)} | " + " | ".join(cells) + f" | {each} |")
     if len(labels) > 1:
         lines += ["", "| size | paired AP difference (same seed) | seeds | per seed |", "|---|---|---|---|"]
         for size in sizes:

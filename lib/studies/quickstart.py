@@ -46,10 +46,11 @@ def run_step(cmd: list[str]) -> None:
     print(f"[quickstart] step took {time.perf_counter() - start:.0f} s", flush=True)
 
 
-def make_data(root: Path, smoke: bool, run: Runner = run_step) -> None:
-    """Generate the synthetic set at ``root`` unless a complete one is there (its statistics are printed)."""
+def make_data(root: Path, smoke: bool, run: Runner = run_step, scene: str = "plain") -> None:
+    """Generate the synthetic set of preset ``scene`` at ``root`` unless a complete one is there (its
+    statistics are printed; one of another preset there stops the step)."""
     sizes = ["--train", "16", "--val", "4"] if smoke else []
-    run([sys.executable, "tools/make_synthetic.py", "--root", str(root), "--if-missing", *sizes])
+    run([sys.executable, "tools/make_synthetic.py", "--root", str(root), "--if-missing", "--scene", scene, *sizes])
 
 
 def pipeline(

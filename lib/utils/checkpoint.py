@@ -18,6 +18,7 @@ logger = logging.getLogger(__name__)
 # HigherHRNet's fp16 ``nn.Sequential(tofp16(), model, tofp32())`` ('1.'), possibly both.
 _WRAPPER_PREFIXES = ("module.", "1.")
 _SCALE_PREFIX = "conv_scale_layers."  # SWAHR's scale branches (LOSS.HEATMAPS_LOSS_TYPE 'swahr')
+_SAT_VERSION_KEY = "sat_head.head_version"  # in checkpoints of the SAT head from MODEL.SAT.VERSION 2 on
 
 
 class CheckpointError(RuntimeError):
@@ -89,6 +90,7 @@ def load_pose_state_dict(
             + _describe("unexpected keys", unexpected)
             + _describe("shape differences", shapes)
             + _scale_branch_hint(missing, unexpected)
+            + _sat_version_hint(missing, unexpected)
             + "(load non-strictly to take only the matching tensors)"
         )
     bad = {s.split(":")[0] for s in shapes}
@@ -109,6 +111,18 @@ def _scale_branch_hint(missing: list[str], unexpected: list[str]) -> str:
         return "  the checkpoint has SWAHR's scale branches: set LOSS.HEATMAPS_LOSS_TYPE swahr\n"
     if any(k.startswith(_SCALE_PREFIX) for k in missing):
         return "  the model has SWAHR's scale branches (LOSS.HEATMAPS_LOSS_TYPE swahr), the checkpoint has none\n"
+    return ""
+
+
+def _sat_version_hint(missing: list[str], unexpected: list[str]) -> str:
+    """What a SAT head version mark (``sat_head.head_version``) on one side only means for the config."""
+    if _SAT_VERSION_KEY in unexpected:
+        return "  the checkpoint holds the SAT head of MODEL.SAT.VERSION 2 (the default): drop MODEL.SAT.VERSION 1\n"
+    if _SAT_VERSION_KEY in missing and len([k for k in missing if k.startswith("sat_head.")]) == 1:
+        return (
+            "  the checkpoint holds the earlier SAT head: set MODEL.SAT.VERSION 1 to load it with its behaviour "
+            "(docs/higher_pose.md)\n"
+        )
     return ""
 
 

@@ -11,11 +11,26 @@ import torch
 from torch import nn
 
 
+def param_groups(model: nn.Module, lr: float, head_lr_mult: float = 1.0) -> list[dict[str, Any]]:
+    """The trainable parameters as optimiser groups: one at ``lr``, or with ``head_lr_mult != 1`` the SAT
+    head's parameters (``sat_head.*``, also under a DDP wrapper) in a second group at ``lr * head_lr_mult``.
+    The schedulers scale every group's own initial LR, so the ratio holds through warm-up and decay."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    is_head = [n.removeprefix("module.").startswith("sat_head.") for n, _ in named]
+    if head_lr_mult == 1.0 or not any(is_head):
+        return [{"params": [p for _, p in named], "lr": lr}]
+    body = [p for (_, p), head in zip(named, is_head) if not head]
+    head = [p for (_, p), head in zip(named, is_head) if head]
+    return [{"params": body, "lr": lr}, {"params": head, "lr": lr * head_lr_mult}]
+
+
 def get_optimizer(cfg: Any, model: nn.Module) -> torch.optim.Optimizer:
     """``TRAIN.OPTIMIZER``: ``adam`` (HigherHRNet: ``Adam(lr=LR)``, default betas, **no** weight decay —
     ``TRAIN.WD`` is ignored as in the official code), ``adamw`` (decoupled ``WD``) or ``sgd``
-    (``MOMENTUM``, ``WD``, ``NESTEROV``)."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    (``MOMENTUM``, ``WD``, ``NESTEROV``). higher_pose's head learns at ``LR x MODEL.SAT.LR_MULT``
+    (:func:`param_groups`)."""
+    mult = float(cfg.MODEL.SAT.LR_MULT) if cfg.MODEL.NAME == "higher_pose" else 1.0
+    params = param_groups(model, cfg.TRAIN.LR, mult)
     name = cfg.TRAIN.OPTIMIZER
     if name == "adam":
         return torch.optim.Adam(params, lr=cfg.TRAIN.LR)

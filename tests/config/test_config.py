@@ -192,3 +192,47 @@ def test_category_ids_must_be_distinct_integers(value: str) -> None:
     with pytest.raises(ConfigError, match=r"DATASET.CATEGORY_IDS = .*distinct integer category ids"):
         load_cfg(TINY_HRNET, "DATASET.CATEGORY_IDS", value)
     assert list(load_cfg(TINY_HRNET, "DATASET.CATEGORY_IDS", "[1, 26]").DATASET.CATEGORY_IDS) == [1, 26]
+
+
+def _flat(node, prefix: str = "") -> dict:
+    out = {}
+    for key, value in node.items():
+        if hasattr(value, "items"):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _changed(path, base) -> dict:
+    a, b = _flat(load_cfg(base)), _flat(load_cfg(path))
+    return {k: b[k] for k in a if a[k] != b[k]}
+
+
+SAT_STUDY = sorted((EXPERIMENTS / "synthetic" / "sat_study").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SAT_STUDY, ids=lambda p: p.stem)
+def test_sat_study_configs_change_only_the_head_switch_they_name(path) -> None:
+    changed = _changed(path, EXPERIMENTS / "synthetic" / "higher_pose_tiny.yaml")
+    assert changed and all(k.startswith("MODEL.SAT.") for k in changed), changed
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# higher_pose_tiny.yaml with one change: ")
+    for key in changed:
+        assert key.removeprefix("MODEL.SAT.") in first, (key, first)
+
+
+@pytest.mark.parametrize("model", ["higher_pose_tiny", "higher_hrnet_tiny"])
+def test_crowded_configs_change_only_the_data_and_its_evaluation(model: str) -> None:
+    synthetic = EXPERIMENTS / "synthetic"
+    changed = _changed(synthetic / f"{model}_crowded.yaml", synthetic / f"{model}.yaml")
+    assert changed == {
+        "DATASET.ROOT": "data/synthetic_crowded",
+        "DATASET.SYNTHETIC_SCENE": "crowded",
+        "DATASET.CROWD_INDEX_EVAL": True,
+    }
+
+
+def test_unknown_synthetic_scene_is_named() -> None:
+    with pytest.raises(ConfigError, match="DATASET.SYNTHETIC_SCENE"):
+        load_cfg(EXPERIMENTS / "synthetic" / "higher_pose_tiny.yaml", "DATASET.SYNTHETIC_SCENE", "busy")

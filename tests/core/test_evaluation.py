@@ -267,3 +267,23 @@ def test_subset_statistics_equal_a_file_of_the_subset_only(tmp_path, dataset, gt
 def test_subset_image_not_in_the_file_is_named():
     with pytest.raises(ValueError, match="1 image ids of the subset are not in .*: 4242"):
         evaluate_keypoints(_coco_gt(), [], "coco", image_ids=[785, 4242])
+
+
+def test_crowd_index_evaluation_of_a_coco_format_set(tmp_path):
+    """DATASET.CROWD_INDEX_EVAL: CrowdPose's names and easy / medium / hard split, COCO's OKS, so AP,
+    AP .5, AP .75 and AR equal the COCO evaluation's; crowdIndex is computed where the file has none."""
+    preds = json.loads(shared_path("eval_fixtures", "coco_sample_preds.json").read_text())
+    coco = evaluate_keypoints(_coco_gt(), preds, "coco")
+    crowd = evaluate_keypoints(_coco_gt(), preds, "coco", crowd_index=True)
+    assert list(crowd) == CROWDPOSE_NAMES
+    for name in ("AP", "Ap .5", "AP .75", "AR", "AR .5", "AR .75"):
+        assert crowd[name] == pytest.approx(coco[name], abs=1e-9), name
+    # every image in one crowd group: that group's AP is the AP, the other two have no images
+    data = json.loads(open(_coco_gt()).read())
+    for image in data["images"]:
+        image["crowdIndex"] = 0.5
+    gt = tmp_path / "medium.json"
+    gt.write_text(json.dumps(data))
+    medium = evaluate_keypoints(str(gt), preds, "coco", crowd_index=True)
+    assert medium["AP (M)"] == pytest.approx(medium["AP"], abs=1e-4)
+    assert medium["AP (E)"] == medium["AP (H)"] == -1

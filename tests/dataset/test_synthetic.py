@@ -210,3 +210,49 @@ def test_occluders_and_figures_are_drawn(monkeypatch) -> None:
                     under_occluder += 1
                     assert v == 1, (index, x, y)
     assert images_with_occluders >= 5 and under_occluder >= 20 and checked_joints > 500  # none of it vacuous
+
+
+def test_crowded_scene_writes_the_crowd_index_and_is_more_crowded(small_set, tmp_path: Path) -> None:
+    from higherpose.dataset.crowd_index import crowd_index
+
+    root, plain = small_set
+    crowded = synthetic.generate(
+        str(tmp_path), num_train=0, num_val=60, seed=7, verbose=False, cfg=synthetic.CROWDED_CONFIG
+    )["val"]
+    data = json.loads((tmp_path / "annotations/person_keypoints_val.json").read_text())
+    by_image: dict[int, list[dict]] = {}
+    for ann in data["annotations"]:
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    for image in data["images"]:
+        assert image["crowdIndex"] == round(crowd_index(by_image.get(image["id"], [])), 2)
+    assert "crowdIndex" not in json.loads((root / "annotations/person_keypoints_val.json").read_text())["images"][0]
+    assert "mean_crowd_index" not in plain["val"] and crowded["mean_crowd_index"] > 0
+    assert crowded["pct_easy"] + crowded["pct_medium"] + crowded["pct_hard"] == pytest.approx(100.0)
+    assert crowded["pct_hard"] > 0 and crowded["pct_medium"] > 0
+    assert "crowd index" in synthetic.format_stats("val", crowded)
+    # the plain set's images, indexed after the fact, are less crowded
+    plain_data = json.loads((root / "annotations/person_keypoints_val.json").read_text())
+    from higherpose.dataset.crowd_index import add_crowd_index
+
+    add_crowd_index(plain_data)
+    plain_mean = np.mean([image["crowdIndex"] for image in plain_data["images"]])
+    assert crowded["mean_crowd_index"] > 1.2 * plain_mean
+
+
+def test_a_set_of_other_generator_settings_is_refused(tmp_path: Path) -> None:
+    root = str(tmp_path / "set")
+    assert synthetic.ensure_synthetic(root, 2, 1, verbose=False)
+    assert not synthetic.ensure_synthetic(root, 2, 1, verbose=False)  # same settings: kept
+    with pytest.raises(ValueError, match="near_prob 0.4 there, 0.9 wanted"):
+        synthetic.ensure_synthetic(root, 2, 1, verbose=False, cfg=synthetic.CROWDED_CONFIG)
+    (tmp_path / "set" / "generator.json").unlink()  # a set written without the record is the plain one
+    assert not synthetic.ensure_synthetic(root, 2, 1, verbose=False)
+    with pytest.raises(ValueError, match="crowd_index False there, True wanted"):
+        synthetic.ensure_synthetic(root, 2, 1, verbose=False, cfg=synthetic.CROWDED_CONFIG)
+
+
+def test_generator_knobs_are_checked() -> None:
+    with pytest.raises(ValueError, match="near_prob"):
+        synthetic.SyntheticConfig(near_prob=1.5)
+    with pytest.raises(ValueError, match="near_spread"):
+        synthetic.SyntheticConfig(near_spread=0.0)

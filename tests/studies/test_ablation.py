@@ -21,6 +21,7 @@ from higherpose.studies.ablation import (
     size_opts,
     steps_opts,
     summary_table,
+    synthetic_data,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -142,3 +143,25 @@ def test_plot_writes_a_png(tmp_path: Path) -> None:
     path = tmp_path / "ablation.png"
     plot(runs, ["base", "other"], [256, 128], path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_runs_evaluated_as_crowdpose_get_their_own_table() -> None:
+    crowd = {"AP": 0.4, "Ap .5": 0.8, "AP .75": 0.3, "AR": 0.5, "AR .5": 0.9, "AR .75": 0.4}
+    crowd |= {"AP (E)": 0.6, "AP (M)": 0.45, "AP (H)": 0.2}
+    runs = [*RUNS[:3], *({"config": "c/crowded.yaml", "size": 256, "seed": s, "metrics": crowd} for s in (0, 1, 2))]
+    lines = summary_table(runs, ["base", "crowded"], [256]).splitlines()
+    assert lines[0].startswith("| config | size | seeds | AP | Ap .5 | AP .75 | AP (M) | AP (L) |")
+    assert lines[2].startswith("| base | 256 | 3 |") and lines[3] == ""
+    assert lines[4].startswith("| config | size | seeds | AP | Ap .5 | AP .75 | AP (E) | AP (M) | AP (H) |")
+    assert lines[6].startswith("| crowded | 256 | 3 | 0.400 ± 0.000 | 0.800 ± 0.000 | 0.300 ± 0.000 | 0.600 ± 0.000")
+    assert lines[-1].startswith("| 256 | crowded − base: ")
+
+
+def test_each_synthetic_config_gets_its_own_generated_set(tmp_path: Path) -> None:
+    crowded = load_config("experiments/synthetic/higher_pose_tiny_crowded.yaml")
+    assert synthetic_data(crowded, False, tmp_path) == (tmp_path / "data/synthetic_crowded", "crowded")
+    assert synthetic_data(crowded, True, tmp_path) == (tmp_path / "data/synthetic_crowded_smoke", "crowded")
+    assert synthetic_data(load_config(SAT), False, tmp_path) == (tmp_path / "data/synthetic", "plain")
+    coco = load_config("experiments/coco/higher_hrnet/w32_512_adam_lr1e-3.yaml")
+    assert synthetic_data(coco, False, tmp_path) is None
+    assert synthetic_data(coco, True, tmp_path) == (tmp_path / "data/synthetic_smoke", "plain")

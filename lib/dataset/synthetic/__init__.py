@@ -20,7 +20,8 @@ This module is the public entry point; the work is done by one module per job:
 - ``synthetic.figure``: joint positions of a figure;
 - ``synthetic.draw``: drawing figures, backgrounds and occluders, with the layer map of who owns a pixel;
 - ``synthetic.annotate``: COCO annotations read off the layer map;
-- ``synthetic.scene``: one image (``render_image``) and the generator's knobs (``SyntheticConfig``);
+- ``synthetic.scene``: one image (``render_image``), the generator's knobs (``SyntheticConfig``) and
+  its presets (``SCENES``: ``plain``, the quick start's; ``crowded``, with a ``crowdIndex`` per image);
 - ``synthetic.write``: images and json on disk (``generate``, ``ensure_synthetic``);
 - ``synthetic.stats``: what a split holds (``split_stats``).
 
@@ -31,7 +32,14 @@ from __future__ import annotations
 
 from higherpose.dataset.synthetic.draw import background, draw_figure, draw_occluder
 from higherpose.dataset.synthetic.figure import figure_joints
-from higherpose.dataset.synthetic.scene import DEFAULT_CONFIG, SPLIT_CODES, SyntheticConfig, render_image
+from higherpose.dataset.synthetic.scene import (
+    CROWDED_CONFIG,
+    DEFAULT_CONFIG,
+    SCENES,
+    SPLIT_CODES,
+    SyntheticConfig,
+    render_image,
+)
 from higherpose.dataset.synthetic.stats import format_stats, split_stats
 from higherpose.dataset.synthetic.write import (
     DEFAULT_NUM_TRAIN,
@@ -41,6 +49,7 @@ from higherpose.dataset.synthetic.write import (
     SPLITS,
     annotation_path,
     categories,
+    check_generator,
     ensure_synthetic,
     generate,
     is_complete,
@@ -49,7 +58,10 @@ from higherpose.dataset.synthetic.write import (
 )
 
 __all__ = [
+    "CROWDED_CONFIG",
     "DEFAULT_CONFIG",
+    "SCENES",
+    "check_generator",
     "DEFAULT_NUM_TRAIN",
     "DEFAULT_NUM_VAL",
     "DEFAULT_SEED",

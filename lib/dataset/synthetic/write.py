@@ -14,9 +14,11 @@ import json
 import multiprocessing
 import os
 import shutil
+from dataclasses import asdict
 
 import cv2
 
+from higherpose.dataset.crowd_index import add_crowd_index
 from higherpose.dataset.specs import COCO
 from higherpose.dataset.synthetic.annotate import PERSON_CATEGORY
 from higherpose.dataset.synthetic.scene import DEFAULT_CONFIG, SyntheticConfig, render_image
@@ -32,6 +34,8 @@ DEFAULT_NUM_VAL = 100
 DEFAULT_SEED = 0
 # File under root while a generation runs or after it was interrupted.
 MARKER = ".incomplete"
+# File under root with the generator settings of the set (a set without it is the plain one).
+RECORD = "generator.json"
 # Processes when none is asked for: the CPU count, at most this many, leaving a shared machine some.
 MAX_AUTO_WORKERS = 4
 # Fewer images than this are rendered in this process: a pool's start-up would cost more.
@@ -107,6 +111,8 @@ def write_split(
         "annotations": annotations,
         "categories": categories(),
     }
+    if cfg.crowd_index:
+        add_crowd_index(data)
     atomic_write(annotation_path(root, split), lambda f: json.dump(data, f, separators=(",", ":")))
     return data
 
@@ -136,8 +142,34 @@ def generate(
         stats[split] = split_stats(data)
         if verbose:
             print(format_stats(split, stats[split]), flush=True)
+    record = {"seed": seed, "num_train": num_train, "num_val": num_val, "generator": _settings(cfg)}
+    atomic_write(os.path.join(root, RECORD), lambda f: json.dump(record, f, indent=1))
     os.remove(marker)
     return stats
+
+
+def _settings(cfg: SyntheticConfig) -> dict:
+    """``cfg`` as the json record holds it (tuples become lists)."""
+    return json.loads(json.dumps(asdict(cfg)))
+
+
+def check_generator(root: str, cfg: SyntheticConfig) -> None:
+    """ValueError when the set under ``root`` was generated with other settings than ``cfg`` (a set
+    without a record counts as the plain one): training on it would silently use the wrong set."""
+    path = os.path.join(root, RECORD)
+    stored = _settings(DEFAULT_CONFIG)
+    if os.path.isfile(path):
+        with open(path) as f:
+            stored = json.load(f).get("generator", stored)
+    wanted = _settings(cfg)
+    if stored != wanted:
+        changed = ", ".join(
+            f"{k} {stored.get(k)!r} there, {v!r} wanted" for k, v in wanted.items() if stored.get(k) != v
+        )
+        raise ValueError(
+            f"the synthetic set under {root} was generated with other settings ({changed}); "
+            "point DATASET.ROOT (--root) elsewhere or delete the folder to regenerate it"
+        )
 
 
 def is_complete(root: str) -> bool:
@@ -164,10 +196,13 @@ def ensure_synthetic(
     verbose: bool = True,
     workers: int = 0,
     force: bool = False,
+    cfg: SyntheticConfig = DEFAULT_CONFIG,
 ) -> bool:
     """Generate the synthetic set under ``root`` unless a complete one is there (or always, with
-    ``force``); see :func:`generate` for the arguments. True if it generated."""
+    ``force``); see :func:`generate` for the arguments. True if it generated. A complete set of other
+    generator settings than ``cfg`` raises ValueError (:func:`check_generator`)."""
     if is_complete(root) and not force:
+        check_generator(root, cfg)
         return False
     # Several processes (DDP ranks) may get here at once: one generates, the others wait for it.
     parent = os.path.dirname(os.path.abspath(root))
@@ -176,10 +211,11 @@ def ensure_synthetic(
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             if is_complete(root) and not force:
+                check_generator(root, cfg)
                 return False
             if verbose and not force:
                 print(f"synthetic data set missing or incomplete under {root}: generating it (seed {seed})", flush=True)
-            generate(root, num_train, num_val, seed, workers, verbose)
+            generate(root, num_train, num_val, seed, workers, verbose, cfg)
             return True
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
