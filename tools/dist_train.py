@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         if du.launched_by_torchrun():
             world_size = int(os.environ["WORLD_SIZE"])
             rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+            launch.use_cuda(cfg)  # every rank: DEVICE 'cuda' where CUDA does not work stops here
             if rank == 0:
                 preflight(cfg, 1)
             run_worker(local_rank, rank, world_size, "env://", cfg, args)

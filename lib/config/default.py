@@ -141,7 +141,7 @@ _C.TRAIN.SEED = -1  # >= 0: seed torch/numpy/random and the data order, so a run
 _C.TRAIN.VAL_FREQ = 0  # validate every N epochs (0 = never, as HigherHRNet)
 _C.TRAIN.VAL_SUBSET = 0  # validate on the first N test images (0 = all)
 _C.TRAIN.ITERS_PER_EPOCH = 0  # cap the steps of an epoch (0 = the whole data set)
-_C.TRAIN.NAN_POLICY = "stop"  # non-finite loss: 'stop' the run, or 'skip' the step (fp16: skip, lower the scale)
+_C.TRAIN.NAN_POLICY = "stop"  # non-finite loss: 'stop' the run, or 'skip' the step (fp16: skip, scale kept)
 _C.TRAIN.CLIP_GRAD = 0.0  # clip the gradient norm to this value (0 = off)
 _C.TRAIN.CHANNELS_LAST = False  # channels_last memory format (faster on tensor-core GPUs)
 _C.TRAIN.WARMUP_ITERS = 0  # linear LR warm-up over the first N steps

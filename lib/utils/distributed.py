@@ -141,7 +141,8 @@ def cuda_device_index(local_rank: int, device_count: int) -> int:
     """The GPU of the process with this node-local rank: ``local_rank``, or 0 when the process sees a
     single GPU (SLURM ``--gpus-per-task=1`` gives each task its own GPU as device 0).
 
-    A :class:`ConfigError` when there are more processes than GPUs: two NCCL ranks on one GPU fail.
+    A :class:`ConfigError` when there are more processes than GPUs. With one visible GPU every local
+    rank gets it; :func:`check_one_rank_per_gpu` then stops a group where that GPU is another rank's.
     """
     from higherpose.config import ConfigError
 
@@ -154,6 +155,33 @@ def cuda_device_index(local_rank: int, device_count: int) -> int:
     raise ConfigError(
         f"local rank {local_rank} but only {device_count} GPUs visible: start at most one process per GPU"
     )
+
+
+def gpu_identity(index: int) -> str:
+    """CUDA device ``index`` as every process on any node names it, whatever its ``CUDA_VISIBLE_DEVICES``:
+    the GPU's UUID (else host name and PCI address)."""
+    props = torch.cuda.get_device_properties(index)
+    uuid = str(getattr(props, "uuid", "") or "")
+    where = f"{props.pci_domain_id:04x}:{props.pci_bus_id:02x}:{props.pci_device_id:02x}"
+    return f"GPU-{uuid}" if uuid else f"{socket.gethostname()} PCI {where}"
+
+
+def check_one_rank_per_gpu(identity: str, backend: str | None) -> None:
+    """Stop every rank with a :class:`ConfigError` when two ranks drive one GPU under NCCL, which fails
+    on that ("Duplicate GPU detected") without saying which ranks. ``identity``: this rank's
+    :func:`gpu_identity`. Under gloo a GPU may be shared (slow; a one-GPU machine checking the
+    multi-process paths). Every rank must call it (a collective)."""
+    from higherpose.config import ConfigError
+
+    first: dict[str, int] = {}
+    for rank, ident in enumerate(all_gather_objects(identity)):
+        if ident in first and backend == "nccl":
+            raise ConfigError(
+                f"ranks {first[ident]} and {rank} both use {ident}: NCCL needs one process per GPU; start at "
+                "most one process per visible GPU on each node (torchrun --nproc_per_node, --nproc, "
+                "CUDA_VISIBLE_DEVICES), or set DIST_BACKEND 'gloo' to share a GPU (slow)"
+            )
+        first.setdefault(ident, rank)
 
 
 def spawn_devices(nproc: int, cuda: bool, per_gpu: bool, gpus: Sequence[int], device_count: int) -> list[int | None]:
@@ -323,7 +351,26 @@ def resolve_device(name: str) -> torch.device:
 
     if not name:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ConfigError(f"DEVICE = {name!r}: {err} (use '', 'cpu', 'cuda' or 'cuda:N')") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"DEVICE = {name!r}: CUDA is not available on this machine (use '' or 'cpu')")
+        raise ConfigError(
+            f"DEVICE = {name!r}: CUDA does not work on this machine ({cuda_unavailable_reason()}); "
+            "use '' (CUDA when it works) or 'cpu'"
+        )
     return device
+
+
+def cuda_unavailable_reason() -> str:
+    """Why ``torch.cuda.is_available()`` is False, in words: a CPU-only build, no GPU visible, or a
+    driver that cannot run this build's CUDA (PyTorch then only warns and reports no CUDA)."""
+    if torch.version.cuda is None:
+        return "this PyTorch is a CPU-only build"
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return f"CUDA_VISIBLE_DEVICES = {os.environ['CUDA_VISIBLE_DEVICES']!r} hides every GPU"
+    return (
+        f"PyTorch {torch.__version__} is built for CUDA {torch.version.cuda}: no GPU is visible, or the "
+        "NVIDIA driver is missing or older than that CUDA needs (nvidia-smi shows the driver)"
+    )

@@ -19,7 +19,16 @@ from higherpose.utils import distributed as du
 
 
 def use_cuda(cfg: Any) -> bool:
-    return cfg.DEVICE != "cpu" and torch.cuda.is_available()
+    """Whether this run's ranks use CUDA: ``DEVICE`` '' picks CUDA when it works, 'cpu' never does, and
+    'cuda' / 'cuda:N' must have it: a :class:`ConfigError` naming ``DEVICE`` when CUDA does not work (no
+    GPU, no driver, a driver older than the CUDA this PyTorch was built for), rather than a run on the
+    CPU that was meant for the GPU."""
+    if cfg.DEVICE == "cpu":
+        return False
+    if cfg.DEVICE:
+        du.resolve_device(cfg.DEVICE)  # raises the ConfigError
+        return True
+    return torch.cuda.is_available()
 
 
 def cpu_threads(local_procs: int) -> int:
@@ -67,6 +76,9 @@ def join_group(
     threads of :func:`cpu_threads`, :func:`keep_freed_memory`) and join the group of
     ``world_size`` (no group for a world of 1). Returns ``(device, backend or None, backend note)``."""
     cuda = use_cuda(cfg)
+    # GPU ranks too: their host side (decoding, grouping, the loader's main process) would otherwise
+    # start a thread per core in each of the node's processes.
+    torch.set_num_threads(cpu_threads(local_procs))
     if cuda:
         if device_index is None:
             device_index = du.cuda_device_index(local_rank, torch.cuda.device_count())
@@ -74,10 +86,11 @@ def join_group(
         device = f"cuda:{device_index}"
     else:
         device = "cpu"
-        torch.set_num_threads(cpu_threads(local_procs))
         keep_freed_memory()
     backend, note = du.choose_backend(cfg.DIST_BACKEND, cuda)
     du.init_distributed(backend, rank, world_size, init_method, timeout_min=cfg.DIST_TIMEOUT_MIN)
+    if cuda and world_size > 1:
+        du.check_one_rank_per_gpu(du.gpu_identity(device_index), backend)
     return device, backend if world_size > 1 else None, note
 
 

@@ -57,6 +57,20 @@ def test_config_errors_stop_before_any_process(coco_sample, tmp_path, capsys, mo
     assert not (tmp_path / "coco_kpt").exists()
 
 
+@pytest.mark.parametrize("torchrun", [False, True])
+def test_device_cuda_without_cuda_stops_before_any_work(coco_sample, tmp_path, capsys, monkeypatch, torchrun):
+    """No driver, or one too old for this PyTorch's CUDA: a run meant for the GPU does not go to the CPU."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(dist_train, "run_worker", lambda *a, **k: pytest.fail("a worker was started"))
+    monkeypatch.setattr(dist_train, "preflight", lambda *a, **k: pytest.fail("preflight ran"))
+    if torchrun:
+        for key, value in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}.items():
+            monkeypatch.setenv(key, value)
+    assert dist_train.main(argv(tmp_path, "DEVICE", "cuda", nproc=2)) == 2
+    err = capsys.readouterr().err
+    assert "config error: DEVICE = 'cuda': CUDA does not work on this machine" in err, err
+
+
 def test_timeout_from_the_config_reaches_the_process_group(tmp_path, monkeypatch):
     seen = {}
 

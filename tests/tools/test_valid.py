@@ -78,6 +78,19 @@ def test_valid_clear_errors(coco_sample, tmp_path):
         valid.main(["--cfg", str(TINY_HRNET), *_opts(coco_sample, tmp_path), "TEST.MODEL_FILE", str(wrong)])
 
 
+def test_valid_device_cuda_without_cuda_stops_before_any_work(coco_sample, tmp_path, monkeypatch):
+    from higherpose.config import ConfigError
+    from higherpose.utils import launch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(launch.mp, "spawn", lambda *a, **k: pytest.fail("processes were started"))
+    opts = _opts(coco_sample, tmp_path)
+    opts[opts.index("DEVICE") + 1] = "cuda"
+    with pytest.raises(ConfigError, match="DEVICE = 'cuda': CUDA does not work"):
+        valid.main(["--nproc", "2", "--cfg", str(TINY_HRNET), *opts])
+    assert not (tmp_path / "coco").exists()
+
+
 def test_valid_runs_as_a_script(coco_sample, tmp_path):
     """From the repo root, with no path hacks: a missing checkpoint exits non-zero with one clear line."""
     proc = subprocess.run(

@@ -167,3 +167,49 @@ def test_served_rendezvous_keeps_its_port():
     client = torch.distributed.TCPStore(host, int(port), None, False, timeout=datetime.timedelta(seconds=30))
     client.set("k", "v")
     assert store.get("k") == b"v"
+
+
+def test_device_cuda_without_cuda_names_the_key(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"DEVICE = 'cuda': CUDA does not work on this machine \("):
+        du.resolve_device("cuda")
+    with pytest.raises(ConfigError, match="DEVICE = 'gpu'"):
+        du.resolve_device("gpu")
+    assert du.resolve_device("") == torch.device("cpu")
+
+
+def _join_one_gpu(rank: int, init_method: str, backend: str, out: str) -> None:
+    """One of two ranks whose device lookup says they share one GPU; they talk over gloo (no GPU here)."""
+    from higherpose.utils import launch
+    from tests.conftest import TINY_HRNET, load_cfg
+
+    cfg = load_cfg(TINY_HRNET, "DIST_BACKEND", backend, "DEVICE", "cuda")
+    init = du.init_distributed
+    launch.use_cuda = lambda cfg: True
+    torch.cuda.device_count, torch.cuda.set_device = (lambda: 1), (lambda index: None)
+    du.gpu_identity = lambda index: "GPU-5e1f"  # what either rank's lookup finds
+    du.init_distributed = lambda backend, *a, **k: init("gloo", *a, **k)
+    try:
+        device, backend, _ = launch.join_group(cfg, rank, rank, 2, init_method, 2)
+        message = f"joined {device} {backend}"
+    except ConfigError as err:
+        message = str(err)
+    finally:
+        du.cleanup()
+    with open(f"{out}/rank{rank}.txt", "w") as f:
+        f.write(message)
+
+
+@pytest.mark.parametrize("backend", ["nccl", "gloo"])
+def test_two_ranks_on_one_gpu_stop_under_nccl(tmp_path, backend):
+    """The one-visible-GPU fallback gives every local rank GPU 0; under NCCL both ranks stop with the ranks
+    and the GPU named (NCCL's own error names neither); gloo may share it."""
+    import torch.multiprocessing as mp
+
+    init = f"tcp://127.0.0.1:{du.find_free_port()}"
+    mp.spawn(_join_one_gpu, nprocs=2, args=(init, backend, str(tmp_path)), join=True)
+    messages = [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)]
+    if backend == "nccl":
+        assert all("ranks 0 and 1 both use GPU-5e1f: NCCL needs one process per GPU" in m for m in messages), messages
+    else:
+        assert messages == ["joined cuda:0 gloo"] * 2, messages
