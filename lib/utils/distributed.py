@@ -221,7 +221,10 @@ def spawn_devices(nproc: int, cuda: bool, per_gpu: bool, gpus: Sequence[int], de
 
 
 def cleanup() -> None:
-    """Leave the process group if one was joined."""
+    """Stop watching for other ranks' failures and leave the process group if one was joined."""
+    from higherpose.utils import failures
+
+    failures.stop_watching()
     if is_dist():
         dist.destroy_process_group()
 
