@@ -13,6 +13,8 @@ from typing import Any
 
 from yacs.config import CfgNode as CN
 
+from higherpose.config.checks import ConfigError, _check_warmup_linear, _fail, check_gpu_keys, check_sat
+
 _C = CN()
 
 _C.OUTPUT_DIR = ""  # checkpoints, logs and results go to OUTPUT_DIR/<dataset>/<model>/<cfg name>
@@ -29,6 +31,7 @@ _C.DIST_BACKEND = "nccl"  # 'nccl' on CUDA; training falls back to 'gloo' on CPU
 _C.DIST_TIMEOUT_MIN = 120.0  # NEW: collective timeout (min); > rank 0's longest validation while others wait
 _C.MULTIPROCESSING_DISTRIBUTED = True
 _C.DEVICE = ""  # NEW: '' = cuda when available else cpu; or 'cpu' / 'cuda'
+_C.TF32 = "conv"  # NEW: TF32 on tensor-core GPUs: 'conv' (PyTorch's default), 'all' (+ fp32 matmuls), 'none'
 
 # Mixed precision (torch.amp; replaces HigherHRNet's apex-legacy FP16 path)
 _C.FP16 = CN()
@@ -138,6 +141,7 @@ _C.TRAIN.IMAGES_PER_GPU = 32
 _C.TRAIN.SHUFFLE = True
 # NEW training keys
 _C.TRAIN.SEED = -1  # >= 0: seed torch/numpy/random and the data order, so a run reproduces
+_C.TRAIN.DETERMINISTIC = False  # deterministic CUDA kernels where they exist (slower); see docs/performance.md
 _C.TRAIN.VAL_FREQ = 0  # validate every N epochs (0 = never, as HigherHRNet)
 _C.TRAIN.VAL_SUBSET = 0  # validate on the first N test images (0 = all)
 _C.TRAIN.ITERS_PER_EPOCH = 0  # cap the steps of an epoch (0 = the whole data set)
@@ -199,10 +203,6 @@ TEST_DATASETS = ("coco", "crowd_pose", "custom")
 LR_SCHEDULERS = ("multistep", "cosine", "warmup_linear")
 HEATMAPS_LOSS_TYPES = ("mse", "wahr", "qfl", "swahr")
 MAX_LR = 1e3  # upper bound of TRAIN.LR: far above any LR that trains, far below a float32 overflow
-
-
-class ConfigError(ValueError):
-    """A configuration value or key is wrong; the message names it."""
 
 
 def _ints_to_floats(defaults: CN, loaded: CN) -> None:
@@ -294,17 +294,6 @@ def update_config(cfg: CN, args: Any) -> None:
             cfg.LOSS[key] = (cfg.LOSS[key],)
     check_config(cfg, source=args.cfg)
     cfg.freeze()
-
-
-def _fail(source: str, key: str, value: Any, why: str) -> None:
-    raise ConfigError(f"{source}: {key} = {value!r}: {why}")
-
-
-def _check_warmup_linear(cfg: CN, source: str) -> None:
-    if not 0 <= cfg.TRAIN.WARM_UP_EPOCH < cfg.TRAIN.END_EPOCH:
-        _fail(source, "TRAIN.WARM_UP_EPOCH", cfg.TRAIN.WARM_UP_EPOCH, "must be in [0, TRAIN.END_EPOCH)")
-    if cfg.TRAIN.WARMUP_ITERS > 0:  # two warm-ups would multiply
-        _fail(source, "TRAIN.WARMUP_ITERS", cfg.TRAIN.WARMUP_ITERS, "must be 0 with TRAIN.LR_SCHEDULER 'warmup_linear'")
 
 
 def check_config(cfg: CN, source: str = "config") -> None:
@@ -440,10 +429,5 @@ def check_config(cfg: CN, source: str = "config") -> None:
         # Tags are only taken at scale 1.0 (HigherHRNet's aggregate_results); without it there are none.
         _fail(source, "TEST.SCALE_FACTOR", list(cfg.TEST.SCALE_FACTOR), "must contain 1.0")
 
-    sat = cfg.MODEL.SAT
-    if sat.D_MODEL % sat.HEADS:
-        _fail(source, "MODEL.SAT.D_MODEL", sat.D_MODEL, f"must be divisible by MODEL.SAT.HEADS = {sat.HEADS}")
-    if sat.D_MODEL % 4:
-        _fail(source, "MODEL.SAT.D_MODEL", sat.D_MODEL, "must be divisible by 4 (2-D sine encoding)")
-    if sat.TOKEN_STRIDE not in (8, 16):
-        _fail(source, "MODEL.SAT.TOKEN_STRIDE", sat.TOKEN_STRIDE, "choose 8 or 16")
+    check_sat(cfg, source)
+    check_gpu_keys(cfg, source)

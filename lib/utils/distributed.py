@@ -306,19 +306,42 @@ def reseed_epoch(data_loader: Any, seed: int) -> None:
         dataset.reseed(seed)
 
 
-def setup_determinism(seed: int, *, cudnn_benchmark: bool, cudnn_deterministic: bool, cudnn_enabled: bool) -> None:
-    """cuDNN flags (``CUDNN.*``) and, for ``seed >= 0`` (``TRAIN.SEED``), the global RNGs.
+def setup_determinism(
+    seed: int, *, cudnn_benchmark: bool, cudnn_deterministic: bool, cudnn_enabled: bool, deterministic: bool = False
+) -> None:
+    """cuDNN flags (``CUDNN.*``), ``TRAIN.DETERMINISTIC`` and, for ``seed >= 0`` (``TRAIN.SEED``), the
+    global RNGs.
 
-    A seeded run is meant to be reproducible, so it turns benchmarking off and deterministic kernels on
-    whatever ``CUDNN.BENCHMARK`` / ``CUDNN.DETERMINISTIC`` say.
+    A seeded run is meant to be reproducible, so it turns benchmarking off and deterministic cuDNN
+    kernels on whatever ``CUDNN.BENCHMARK`` / ``CUDNN.DETERMINISTIC`` say. On the CPU that is enough: a
+    resumed seeded run reproduces an uninterrupted one. On CUDA, kernels that accumulate with atomics
+    (``gather``'s and ``scatter_add``'s backward, attention's backward) differ run to run unless
+    ``deterministic`` (``TRAIN.DETERMINISTIC``) picks their deterministic versions and cuBLAS its fixed
+    workspace; ops with no deterministic CUDA kernel (nearest upsampling's backward) warn once instead of
+    stopping the run, and stay run-to-run different in the last bits.
     """
+    if deterministic:
+        # Read when cuBLAS makes its handle, at the first matmul: before any has run.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
     if torch.backends.cudnn.is_available():
-        torch.backends.cudnn.benchmark = bool(cudnn_benchmark) and seed < 0
-        torch.backends.cudnn.deterministic = bool(cudnn_deterministic) or seed >= 0
+        torch.backends.cudnn.benchmark = bool(cudnn_benchmark) and seed < 0 and not deterministic
+        torch.backends.cudnn.deterministic = bool(cudnn_deterministic) or seed >= 0 or deterministic
         torch.backends.cudnn.enabled = bool(cudnn_enabled)
     if seed >= 0:
         # Same seed on every rank for the model init (DDP also broadcasts rank 0's weights).
         seed_everything(int(seed))
+
+
+def set_tf32(mode: str) -> str:
+    """``TF32``: which float32 work may use TF32 tensor cores (Ampere and later GPUs; no effect on the
+    CPU): 'conv' convolutions only (PyTorch's default), 'all' also float32 matmuls (the SAT head's
+    attention and linears, UDP's resampling), 'none' neither. Returns the choice in words, for the log."""
+    conv, matmul = mode in ("conv", "all"), mode == "all"
+    torch.backends.cudnn.conv.fp32_precision = "tf32" if conv else "ieee"
+    torch.backends.cuda.matmul.fp32_precision = "tf32" if matmul else "ieee"
+    word = {True: "TF32", False: "full FP32"}
+    return f"TF32 = {mode!r}: convolutions in {word[conv]}, float32 matmuls in {word[matmul]}"
 
 
 def rng_state() -> dict[str, Any]:

@@ -5,6 +5,7 @@ timeout, the GPU of each process and the launcher-held rendezvous."""
 from __future__ import annotations
 
 import datetime
+import os
 import random
 import socket
 
@@ -213,3 +214,51 @@ def test_two_ranks_on_one_gpu_stop_under_nccl(tmp_path, backend):
         assert all("ranks 0 and 1 both use GPU-5e1f: NCCL needs one process per GPU" in m for m in messages), messages
     else:
         assert messages == ["joined cuda:0 gloo"] * 2, messages
+
+
+@pytest.fixture
+def restore_precision_flags():
+    conv, matmul = torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision
+    deterministic, cublas = torch.are_deterministic_algorithms_enabled(), os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    cudnn = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic, torch.backends.cudnn.enabled)
+    yield
+    torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = conv, matmul
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic, torch.backends.cudnn.enabled = cudnn
+    if cublas is None:
+        os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+    else:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = cublas
+
+
+@pytest.mark.parametrize(
+    "mode, conv, matmul, words",
+    [
+        ("conv", "tf32", "ieee", "convolutions in TF32, float32 matmuls in full FP32"),
+        ("all", "tf32", "tf32", "convolutions in TF32, float32 matmuls in TF32"),
+        ("none", "ieee", "ieee", "convolutions in full FP32, float32 matmuls in full FP32"),
+    ],
+)
+def test_tf32_modes_set_both_flags_and_say_so(restore_precision_flags, mode, conv, matmul, words):
+    assert du.set_tf32(mode) == f"TF32 = {mode!r}: {words}"
+    assert torch.backends.cudnn.conv.fp32_precision == conv and torch.backends.cuda.matmul.fp32_precision == matmul
+
+
+def test_tf32_key_is_checked():
+    from tests.conftest import TINY_HRNET, load_cfg
+
+    assert load_cfg(TINY_HRNET).TF32 == "conv"  # PyTorch's own default
+    with pytest.raises(ConfigError, match=r"TF32 = 'fast': choose one of \('conv', 'all', 'none'\)"):
+        load_cfg(TINY_HRNET, "TF32", "fast")
+
+
+def test_deterministic_switch_sets_what_cuda_needs(restore_precision_flags, monkeypatch):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    flags = dict(cudnn_benchmark=True, cudnn_deterministic=False, cudnn_enabled=True)
+    du.setup_determinism(-1, **flags)
+    assert not torch.are_deterministic_algorithms_enabled() and "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+    du.setup_determinism(-1, **flags, deterministic=True)
+    assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    if torch.backends.cudnn.is_available():
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
