@@ -10,7 +10,9 @@ How it runs:
   GPUs 0..N-1. By ``mp.spawn`` around a rendezvous store this launcher serves, NCCL; the total batch is
   ``TRAIN.IMAGES_PER_GPU`` x the process count;
 - launched plainly without CUDA: one CPU process, or ``--nproc N`` gloo processes (DDP on a laptop);
-- HigherHRNet's multi-node form still works: ``--world-size NODES --rank NODE --dist-url tcp://HOST:PORT``.
+- HigherHRNet's multi-node form still works: ``--world-size NODES --rank NODE --dist-url tcp://HOST:PORT``
+  (node 0's launcher serves the rendezvous there; the nodes share their start-up checks, and a failure
+  on any rank reaches every node with its message).
 A world of one process trains without any process group. Options go BEFORE the ``KEY VALUE`` list.
 """
 
@@ -29,7 +31,7 @@ from higherpose.config import ConfigError, update_config
 from higherpose.config import cfg as default_cfg
 from higherpose.config.cli import add_cfg_argument, add_overrides_argument
 from higherpose.utils import distributed as du
-from higherpose.utils import launch
+from higherpose.utils import failures, launch
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -61,14 +63,21 @@ def load_config(args: argparse.Namespace) -> Any:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        cfg = load_config(args)
         if du.launched_by_torchrun():
+            cfg = load_config(args)
             world_size = int(os.environ["WORLD_SIZE"])
             rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+            launch.use_cuda(cfg)  # every rank: DEVICE 'cuda' where CUDA does not work stops here
             if rank == 0:
                 preflight(cfg, 1)
             run_worker(local_rank, rank, world_size, "env://", cfg, args)
             return 0
+    except ConfigError as err:
+        print(f"dist_train.py: config error: {err}", file=sys.stderr)
+        return 2
+    error, cfg, devices = None, None, [None]
+    try:
+        cfg = load_config(args)
         # HigherHRNet: MULTIPROCESSING_DISTRIBUTED False = one process (it then used DataParallel; we
         # train on one device, DDP being the way to use several).
         cuda = launch.use_cuda(cfg)
@@ -76,10 +85,23 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--nproc = {args.nproc}: must be at least 1")
         count = torch.cuda.device_count() if cuda else 0
         devices = du.spawn_devices(args.nproc, cuda, cfg.MULTIPROCESSING_DISTRIBUTED, cfg.GPUS, count)
-        nproc = len(devices)
-        preflight(cfg, nproc)
+        preflight(cfg, len(devices))
     except ConfigError as err:
-        print(f"dist_train.py: config error: {err}", file=sys.stderr)
+        error = str(err)
+    store, init_method, nproc = None, None, len(devices)  # init_method None: a store served by launch.spawn
+    if args.world_size > 1:
+        # HigherHRNet's tcp:// launch: node 0's launcher serves the rendezvous for the whole run, and the
+        # nodes agree on their checks before any process starts: one node's error ends them all.
+        timeout_min = (cfg or default_cfg).DIST_TIMEOUT_MIN
+        try:
+            store, init_method = launch.node_store(args.dist_url, args.rank, timeout_min)
+        except ConfigError as err:
+            print(f"dist_train.py: config error: {err}", file=sys.stderr)
+            return 2
+        errors = failures.agree_across_nodes(store, args.rank, args.world_size, error, timeout_min * 60)
+        error = "; ".join(errors) if errors else None
+    if error is not None:
+        print(f"dist_train.py: config error: {error}", file=sys.stderr)
         return 2
 
     world_size = nproc * args.world_size
@@ -90,9 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     if world_size == 1:
         run_worker(0, 0, 1, "", cfg, args, device_index=devices[0])
         return 0
-    init_method = args.dist_url if args.world_size > 1 else None  # None: a store served here
+    here = range(args.rank * nproc, (args.rank + 1) * nproc)
+    others = [r for r in range(world_size) if r not in here]
     spawn_args = (args.rank, devices, world_size, cfg, args)
-    return launch.spawn(spawn_entry, nproc, spawn_args, cfg.DIST_TIMEOUT_MIN, "dist_train.py: training", init_method)
+    what = "dist_train.py: training"
+    return launch.spawn(spawn_entry, nproc, spawn_args, cfg.DIST_TIMEOUT_MIN, what, init_method, store, others)
 
 
 if __name__ == "__main__":

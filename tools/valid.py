@@ -32,7 +32,7 @@ from higherpose.core.evaluation import print_name_value
 from higherpose.core.validation import ValidationError, run_validation
 from higherpose.dataset.annotations import AnnotationError
 from higherpose.utils import distributed as du
-from higherpose.utils import launch
+from higherpose.utils import failures, launch
 from higherpose.utils.atomic import write_json_atomic
 from higherpose.utils.checkpoint import CheckpointError
 
@@ -57,7 +57,8 @@ def load_config(args: argparse.Namespace) -> Any:
 
 
 def _load_on_every_rank(cfg: Any, output_dir: str, device: Any, logger: Any, rank: int, world_size: int) -> tuple:
-    """:func:`load_eval_model`; in a group every rank stops with the errors of all when one cannot load."""
+    """:func:`load_eval_model`; in a group every rank stops with the errors of all when one cannot load
+    (any error: a CUDA out-of-memory while loading or folding BN on one rank too)."""
     if world_size == 1:
         return load_eval_model(cfg, output_dir, device=device, log=logger, optimize=True)
     loaded, error = None, None
@@ -65,6 +66,8 @@ def _load_on_every_rank(cfg: Any, output_dir: str, device: Any, logger: Any, ran
         loaded = load_eval_model(cfg, output_dir, device=device, log=logger, optimize=True)
     except ERRORS as err:
         error = f"rank {rank}: {err}"
+    except Exception as err:  # noqa: BLE001 - sent to every rank, raised there as a CheckpointError
+        error = f"rank {rank}: {type(err).__name__}: {err}"
     errors = [e for e in du.all_gather_objects(error) if e]
     if errors:
         raise CheckpointError("; ".join(errors))
@@ -78,7 +81,9 @@ def evaluate(local_rank: int, rank: int, world_size: int, init_method: str, cfg:
     try:
         device = None  # one process: DEVICE decides ('' = CUDA when available), as in HigherHRNet
         if world_size > 1:
-            device, _, _ = launch.join_group(cfg, local_rank, rank, world_size, init_method, local_procs)
+            device, _, _ = launch.join_group(
+                cfg, local_rank, rank, world_size, init_method, local_procs, what="valid.py"
+            )
         logger, final_output_dir, _ = launch.rank_logging(cfg, args.cfg, "valid", rank)
         if rank == 0:
             logger.info(pprint.pformat(vars(args)))
@@ -96,8 +101,20 @@ def evaluate(local_rank: int, rank: int, world_size: int, init_method: str, cfg:
             write_json_atomic({"weights": weights, "metrics": metrics}, path, indent=2)
             logger.info("=> wrote %s", path)
         return metrics
+    except Exception as err:
+        _report(err, rank)
+        raise
     finally:
         du.cleanup()
+
+
+def _report(err: Exception, rank: int) -> None:
+    """Send ``err`` to every other rank of the group, which stops at once with it (:mod:`failures`)."""
+    known = isinstance(err, ERRORS)
+    message = str(err) if known else f"{type(err).__name__}: {err}"
+    first = failures.report(message, 2 if known else 1)
+    if first != f"rank {rank}: {message}":
+        print(f"valid.py: [rank {rank}] stopping: {first}", file=sys.stderr)
 
 
 def _spawn_entry(local_rank: int, init_method: str, world_size: int, cfg: Any, args: argparse.Namespace) -> None:

@@ -17,7 +17,7 @@ from torch import nn
 from higherpose.models import build_model
 from higherpose.models.fuse import fold_batchnorm
 from higherpose.utils.checkpoint import CheckpointError, extract_state_dict, load_file, load_pose_state_dict
-from higherpose.utils.distributed import resolve_device
+from higherpose.utils.distributed import resolve_device, set_tf32
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def load_eval_model(
     log: logging.Logger | None = None,
     optimize: bool = False,
 ) -> tuple[nn.Module, str | None, torch.device]:
-    """Apply the ``CUDNN.*`` flags, build the network and load its weights strictly, in eval mode.
+    """Apply the ``CUDNN.*`` and ``TF32`` flags, build the network and load its weights strictly, in eval mode.
 
     Args:
         cfg: the merged config (``MODEL.*``, ``TEST.MODEL_FILE``, ``DEVICE``, ``CUDNN.*``).
@@ -97,7 +97,10 @@ def load_eval_model(
     torch.backends.cudnn.benchmark = cfg.CUDNN.BENCHMARK
     torch.backends.cudnn.deterministic = cfg.CUDNN.DETERMINISTIC
     torch.backends.cudnn.enabled = cfg.CUDNN.ENABLED
+    tf32 = set_tf32(cfg.TF32)
     device = resolve_device(cfg.DEVICE) if device is None else torch.device(device)
+    if device.type == "cuda":
+        log.info("=> %s", tf32)
     model = (build or build_model)(cfg, is_train=False)
     log.info("=> %s: %.2fM parameters", cfg.MODEL.NAME, sum(p.numel() for p in model.parameters()) / 1e6)
     weights = None

@@ -17,7 +17,7 @@ from higherpose.config import ConfigError, check_config
 from higherpose.dataset.annotations import AnnotationError
 from higherpose.dataset.build import annotation_file
 from higherpose.utils import distributed as du
-from higherpose.utils import launch
+from higherpose.utils import failures, launch
 from higherpose.utils.checkpoint import CheckpointError
 
 
@@ -77,13 +77,9 @@ def run_worker(
     arguments (``cfg``, ``opts`` and the node count ``world_size``); ``model``: a prebuilt model to
     train in place instead of ``build_model`` (tests, custom code); ``device_index``: its GPU, by
     default :func:`~higherpose.utils.distributed.cuda_device_index`."""
-    from higherpose.core.train_loop import NonFiniteLossError
     from higherpose.core.trainer import fit
 
     local_procs = int(os.environ.get("LOCAL_WORLD_SIZE", max(1, world_size // max(1, args.world_size))))
-    device, backend, note = launch.join_group(cfg, local_rank, rank, world_size, init_method, local_procs, device_index)
-    ctx = du.DistContext(rank, world_size, local_rank, device, backend)
-
     # HigherHRNet re-read the YAML in every spawned child, so cfg.RANK stayed 0 everywhere and every
     # rank logged and wrote TensorBoard; here cfg.RANK is this process' global rank.
     cfg = cfg.clone()
@@ -91,6 +87,10 @@ def run_worker(
     cfg.RANK = rank
     cfg.freeze()
     try:
+        device, backend, note = launch.join_group(
+            cfg, local_rank, rank, world_size, init_method, local_procs, device_index, what="dist_train.py"
+        )
+        ctx = du.DistContext(rank, world_size, local_rank, device, backend)
         log, output_dir, tb_log_dir = launch.rank_logging(cfg, args.cfg, "train", rank)
         if rank == 0:
             if note and world_size > 1:
@@ -98,23 +98,44 @@ def run_worker(
             log.info(f"=> config {args.cfg} with overrides {args.opts}")
             log.info(cfg.dump())
         fit(cfg, ctx, output_dir, tb_log_dir, log, model=model)
-    except NonFiniteLossError as err:
+    except Exception as err:
+        code, message = exit_for(err)
+        # Every other rank prints the first failure and exits now, wherever it waits (failures.report).
+        first = failures.report(message, code)
+        _print_failure(err, message, rank)
+        if first != f"rank {rank}: {message}":
+            print(f"dist_train.py: [rank {rank}] stopping: {first}", file=sys.stderr)
+        if code == 1:
+            raise  # unexpected: its traceback
+        raise SystemExit(code) from None
+    finally:
+        du.cleanup()
+
+
+def exit_for(err: Exception) -> tuple[int, str]:
+    """``(exit code, one line)`` for an error a training process ends with: 3 for a non-finite loss or
+    weights, 2 for a config / checkpoint / annotation error, 1 (with the error's type) for anything else."""
+    from higherpose.core.train_loop import NonFiniteLossError
+
+    if isinstance(err, NonFiniteLossError):
+        return 3, str(err)
+    if isinstance(err, ConfigError):  # e.g. an OUTPUT_DIR that turns out not to be writable
+        return 2, f"config error: {err}"
+    if isinstance(err, (CheckpointError, AnnotationError)):  # a checkpoint rank 0 cannot read or write, NaN joints
+        return 2, str(err)
+    return 1, f"{type(err).__name__}: {err}"
+
+
+def _print_failure(err: Exception, message: str, rank: int) -> None:
+    from higherpose.core.train_loop import NonFiniteLossError
+
+    if isinstance(err, NonFiniteLossError):
         if rank == 0:
             logging.getLogger().error(f"=> {err}")
         else:
             print(f"[rank {rank}] {err}", file=sys.stderr)
-        raise SystemExit(3) from None
-    except ConfigError as err:  # e.g. an OUTPUT_DIR that turns out not to be writable
-        print(f"dist_train.py: config error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except CheckpointError as err:  # e.g. a checkpoint rank 0 cannot read: raised on every rank
-        print(f"dist_train.py: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except AnnotationError as err:  # NaN joints, a truncated JSON, a split without labelled persons
-        print(f"dist_train.py: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    finally:
-        du.cleanup()
+    else:
+        print(f"dist_train.py: {message}", file=sys.stderr)
 
 
 def spawn_entry(

@@ -13,6 +13,7 @@ from typing import Any
 
 from yacs.config import CfgNode as CN
 
+from higherpose.config.checks import ConfigError, check_gpu_keys, check_warmup_linear, fail
 from higherpose.config.models import SAT_HEAD, sat_head_problem
 
 _C = CN()
@@ -31,6 +32,7 @@ _C.DIST_BACKEND = "nccl"  # 'nccl' on CUDA; training falls back to 'gloo' on CPU
 _C.DIST_TIMEOUT_MIN = 120.0  # NEW: collective timeout (min); > rank 0's longest validation while others wait
 _C.MULTIPROCESSING_DISTRIBUTED = True
 _C.DEVICE = ""  # NEW: '' = cuda when available else cpu; or 'cpu' / 'cuda'
+_C.TF32 = "conv"  # NEW: TF32 on tensor-core GPUs: 'conv' (PyTorch's default), 'all' (+ fp32 matmuls), 'none'
 
 # Mixed precision (torch.amp; replaces HigherHRNet's apex-legacy FP16 path)
 _C.FP16 = CN()
@@ -130,10 +132,11 @@ _C.TRAIN.IMAGES_PER_GPU = 32
 _C.TRAIN.SHUFFLE = True
 # NEW training keys
 _C.TRAIN.SEED = -1  # >= 0: seed torch/numpy/random and the data order, so a run reproduces
+_C.TRAIN.DETERMINISTIC = False  # deterministic CUDA kernels where they exist (slower); see docs/performance.md
 _C.TRAIN.VAL_FREQ = 0  # validate every N epochs (0 = never, as HigherHRNet)
 _C.TRAIN.VAL_SUBSET = 0  # validate on the first N test images (0 = all)
 _C.TRAIN.ITERS_PER_EPOCH = 0  # cap the steps of an epoch (0 = the whole data set)
-_C.TRAIN.NAN_POLICY = "stop"  # non-finite loss: 'stop' the run, or 'skip' the step (fp16: skip, lower the scale)
+_C.TRAIN.NAN_POLICY = "stop"  # non-finite loss: 'stop' the run, or 'skip' the step (fp16: skip, scale kept)
 _C.TRAIN.CLIP_GRAD = 0.0  # clip the gradient norm to this value (0 = off)
 _C.TRAIN.CHANNELS_LAST = False  # channels_last memory format (faster on tensor-core GPUs)
 _C.TRAIN.WARMUP_ITERS = 0  # linear LR warm-up over the first N steps
@@ -192,10 +195,6 @@ SYNTHETIC_SCENES = ("plain", "crowded")  # the presets of higherpose.dataset.syn
 LR_SCHEDULERS = ("multistep", "cosine", "warmup_linear")
 HEATMAPS_LOSS_TYPES = ("mse", "wahr", "qfl", "swahr")
 MAX_LR = 1e3  # upper bound of TRAIN.LR: far above any LR that trains, far below a float32 overflow
-
-
-class ConfigError(ValueError):
-    """A configuration value or key is wrong; the message names it."""
 
 
 def _ints_to_floats(defaults: CN, loaded: CN) -> None:
@@ -289,17 +288,6 @@ def update_config(cfg: CN, args: Any) -> None:
     cfg.freeze()
 
 
-def _fail(source: str, key: str, value: Any, why: str) -> None:
-    raise ConfigError(f"{source}: {key} = {value!r}: {why}")
-
-
-def _check_warmup_linear(cfg: CN, source: str) -> None:
-    if not 0 <= cfg.TRAIN.WARM_UP_EPOCH < cfg.TRAIN.END_EPOCH:
-        _fail(source, "TRAIN.WARM_UP_EPOCH", cfg.TRAIN.WARM_UP_EPOCH, "must be in [0, TRAIN.END_EPOCH)")
-    if cfg.TRAIN.WARMUP_ITERS > 0:  # two warm-ups would multiply
-        _fail(source, "TRAIN.WARMUP_ITERS", cfg.TRAIN.WARMUP_ITERS, "must be 0 with TRAIN.LR_SCHEDULER 'warmup_linear'")
-
-
 def check_config(cfg: CN, source: str = "config") -> None:
     """Fail with a message naming the key and value when the merged config cannot work."""
     stages = cfg.LOSS.NUM_STAGES
@@ -316,7 +304,7 @@ def check_config(cfg: CN, source: str = "config") -> None:
         group, name = key.split(".")
         value = cfg[group][name]
         if len(value) != stages:
-            _fail(source, key, value, f"needs one entry per stage (LOSS.NUM_STAGES = {stages})")
+            fail(source, key, value, f"needs one entry per stage (LOSS.NUM_STAGES = {stages})")
     for i, (heatmaps, ae) in enumerate(zip(cfg.LOSS.WITH_HEATMAPS_LOSS, cfg.LOSS.WITH_AE_LOSS)):
         if not heatmaps and not ae:
             # The model still builds the stage's layers; no loss gives them a gradient, and DDP
@@ -329,23 +317,23 @@ def check_config(cfg: CN, source: str = "config") -> None:
             )
 
     if cfg.MODEL.NAME not in MODEL_NAMES:
-        _fail(source, "MODEL.NAME", cfg.MODEL.NAME, f"unknown model; choose one of {MODEL_NAMES}")
+        fail(source, "MODEL.NAME", cfg.MODEL.NAME, f"unknown model; choose one of {MODEL_NAMES}")
     if cfg.DATASET.DATASET not in TRAIN_DATASETS:
-        _fail(source, "DATASET.DATASET", cfg.DATASET.DATASET, f"choose one of {TRAIN_DATASETS}")
+        fail(source, "DATASET.DATASET", cfg.DATASET.DATASET, f"choose one of {TRAIN_DATASETS}")
     if cfg.DATASET.DATASET_TEST not in TEST_DATASETS:
-        _fail(source, "DATASET.DATASET_TEST", cfg.DATASET.DATASET_TEST, f"choose one of {TEST_DATASETS}")
+        fail(source, "DATASET.DATASET_TEST", cfg.DATASET.DATASET_TEST, f"choose one of {TEST_DATASETS}")
     if cfg.DATASET.SYNTHETIC_SCENE not in SYNTHETIC_SCENES:
-        _fail(source, "DATASET.SYNTHETIC_SCENE", cfg.DATASET.SYNTHETIC_SCENE, f"choose one of {SYNTHETIC_SCENES}")
+        fail(source, "DATASET.SYNTHETIC_SCENE", cfg.DATASET.SYNTHETIC_SCENE, f"choose one of {SYNTHETIC_SCENES}")
 
     size = cfg.DATASET.INPUT_SIZE
     if size <= 0 or size % 32:
-        _fail(source, "DATASET.INPUT_SIZE", size, "must be a positive multiple of 32 (HRNet's stride)")
+        fail(source, "DATASET.INPUT_SIZE", size, "must be a positive multiple of 32 (HRNet's stride)")
     if cfg.TEST.INPUT_SIZE < 0 or cfg.TEST.INPUT_SIZE % 32:
-        _fail(source, "TEST.INPUT_SIZE", cfg.TEST.INPUT_SIZE, "must be 0 (= DATASET.INPUT_SIZE) or a multiple of 32")
+        fail(source, "TEST.INPUT_SIZE", cfg.TEST.INPUT_SIZE, "must be 0 (= DATASET.INPUT_SIZE) or a multiple of 32")
     for i, out in enumerate(cfg.DATASET.OUTPUT_SIZE):
         expected = size // 4 * 2**i
         if out != expected:
-            _fail(
+            fail(
                 source,
                 "DATASET.OUTPUT_SIZE",
                 list(cfg.DATASET.OUTPUT_SIZE),
@@ -353,7 +341,7 @@ def check_config(cfg: CN, source: str = "config") -> None:
             )
 
     if cfg.MODEL.NUM_JOINTS != cfg.DATASET.NUM_JOINTS:
-        _fail(
+        fail(
             source,
             "MODEL.NUM_JOINTS",
             cfg.MODEL.NUM_JOINTS,
@@ -363,78 +351,79 @@ def check_config(cfg: CN, source: str = "config") -> None:
     for key in ("FLIP_INDEX", "SIGMAS", "JOINT_NAMES"):
         value = cfg.DATASET[key]
         if value and len(value) != joints:
-            _fail(source, f"DATASET.{key}", list(value), f"needs {joints} entries (DATASET.NUM_JOINTS)")
+            fail(source, f"DATASET.{key}", list(value), f"needs {joints} entries (DATASET.NUM_JOINTS)")
     if cfg.DATASET.FLIP_INDEX and sorted(cfg.DATASET.FLIP_INDEX) != list(range(joints)):
-        _fail(source, "DATASET.FLIP_INDEX", list(cfg.DATASET.FLIP_INDEX), "must be a permutation of 0..K-1")
+        fail(source, "DATASET.FLIP_INDEX", list(cfg.DATASET.FLIP_INDEX), "must be a permutation of 0..K-1")
     for edge in cfg.DATASET.SKELETON:
         if len(edge) != 2 or not all(0 <= j < joints for j in edge):
-            _fail(source, "DATASET.SKELETON", edge, f"edges are pairs of joint indices in 0..{joints - 1}")
+            fail(source, "DATASET.SKELETON", edge, f"edges are pairs of joint indices in 0..{joints - 1}")
     ids = cfg.DATASET.CATEGORY_IDS
     if any(isinstance(i, bool) or not isinstance(i, int) for i in ids) or len(set(ids)) != len(ids):
-        _fail(source, "DATASET.CATEGORY_IDS", list(ids), "must be distinct integer category ids ([] = all)")
+        fail(source, "DATASET.CATEGORY_IDS", list(ids), "must be distinct integer category ids ([] = all)")
     if cfg.DATASET.DATASET == "custom_kpt" and not cfg.DATASET.FLIP_INDEX:
-        _fail(source, "DATASET.FLIP_INDEX", [], "a custom dataset must give its flip index (and SIGMAS)")
+        fail(source, "DATASET.FLIP_INDEX", [], "a custom dataset must give its flip index (and SIGMAS)")
 
     extra = cfg.MODEL.EXTRA
     if "DECONV" in extra and extra.DECONV.NUM_DECONVS != stages - 1:
-        _fail(
+        fail(
             source,
             "MODEL.EXTRA.DECONV.NUM_DECONVS",
             extra.DECONV.NUM_DECONVS,
             f"must be LOSS.NUM_STAGES - 1 = {stages - 1}",
         )
     if cfg.TRAIN.IMAGES_PER_GPU < 1:
-        _fail(source, "TRAIN.IMAGES_PER_GPU", cfg.TRAIN.IMAGES_PER_GPU, "must be at least 1")
+        fail(source, "TRAIN.IMAGES_PER_GPU", cfg.TRAIN.IMAGES_PER_GPU, "must be at least 1")
     if cfg.TRAIN.END_EPOCH <= cfg.TRAIN.BEGIN_EPOCH:
         raise ConfigError(
             f"{source}: TRAIN.END_EPOCH = {cfg.TRAIN.END_EPOCH} must be larger than "
             f"TRAIN.BEGIN_EPOCH = {cfg.TRAIN.BEGIN_EPOCH}"
         )
     if cfg.TEST.IMAGES_PER_GPU < 1:
-        _fail(source, "TEST.IMAGES_PER_GPU", cfg.TEST.IMAGES_PER_GPU, "must be at least 1")
+        fail(source, "TEST.IMAGES_PER_GPU", cfg.TEST.IMAGES_PER_GPU, "must be at least 1")
     if cfg.TEST.CPU_IMAGE_THREADS < 0:
-        _fail(source, "TEST.CPU_IMAGE_THREADS", cfg.TEST.CPU_IMAGE_THREADS, "must be >= 0 (0 = automatic)")
+        fail(source, "TEST.CPU_IMAGE_THREADS", cfg.TEST.CPU_IMAGE_THREADS, "must be >= 0 (0 = automatic)")
     if cfg.WORKERS < 0:
-        _fail(source, "WORKERS", cfg.WORKERS, "must be >= 0")
+        fail(source, "WORKERS", cfg.WORKERS, "must be >= 0")
     if cfg.TRAIN.NAN_POLICY not in ("stop", "skip"):
-        _fail(source, "TRAIN.NAN_POLICY", cfg.TRAIN.NAN_POLICY, "choose 'stop' or 'skip'")
+        fail(source, "TRAIN.NAN_POLICY", cfg.TRAIN.NAN_POLICY, "choose 'stop' or 'skip'")
     # The optimisers cast the step size to float32: an LR (or LR x LR_FACTOR) far beyond any working
     # value overflows there mid-run ("value cannot be converted to type float without overflow").
     if not (math.isfinite(cfg.TRAIN.LR) and 0.0 < cfg.TRAIN.LR <= MAX_LR):
-        _fail(source, "TRAIN.LR", cfg.TRAIN.LR, f"must be a finite number in (0, {MAX_LR:g}]")
+        fail(source, "TRAIN.LR", cfg.TRAIN.LR, f"must be a finite number in (0, {MAX_LR:g}]")
     if not (math.isfinite(cfg.TRAIN.LR_FACTOR) and 0.0 < cfg.TRAIN.LR_FACTOR <= 1.0):
-        _fail(source, "TRAIN.LR_FACTOR", cfg.TRAIN.LR_FACTOR, "must be in (0, 1]: the LR decay at each TRAIN.LR_STEP")
+        fail(source, "TRAIN.LR_FACTOR", cfg.TRAIN.LR_FACTOR, "must be in (0, 1]: the LR decay at each TRAIN.LR_STEP")
     if not 0.0 <= cfg.TRAIN.EMA_DECAY < 1.0:
-        _fail(source, "TRAIN.EMA_DECAY", cfg.TRAIN.EMA_DECAY, "must be in [0, 1) (0 = off)")
+        fail(source, "TRAIN.EMA_DECAY", cfg.TRAIN.EMA_DECAY, "must be in [0, 1) (0 = off)")
     if cfg.MODEL.INIT_SCHEME not in ("higherhrnet", "kaiming"):
-        _fail(source, "MODEL.INIT_SCHEME", cfg.MODEL.INIT_SCHEME, "choose 'higherhrnet' or 'kaiming'")
+        fail(source, "MODEL.INIT_SCHEME", cfg.MODEL.INIT_SCHEME, "choose 'higherhrnet' or 'kaiming'")
     if cfg.TRAIN.LR_SCHEDULER not in LR_SCHEDULERS:
-        _fail(source, "TRAIN.LR_SCHEDULER", cfg.TRAIN.LR_SCHEDULER, f"choose one of {LR_SCHEDULERS}")
+        fail(source, "TRAIN.LR_SCHEDULER", cfg.TRAIN.LR_SCHEDULER, f"choose one of {LR_SCHEDULERS}")
     if cfg.TRAIN.LR_SCHEDULER == "warmup_linear":
-        _check_warmup_linear(cfg, source)
+        check_warmup_linear(cfg, source)
     if cfg.TRAIN.TIME_BUDGET < 0:
-        _fail(source, "TRAIN.TIME_BUDGET", cfg.TRAIN.TIME_BUDGET, "must be >= 0 minutes (0 = no budget)")
+        fail(source, "TRAIN.TIME_BUDGET", cfg.TRAIN.TIME_BUDGET, "must be >= 0 minutes (0 = no budget)")
     if cfg.TRAIN.TIME_BUDGET > 0 and cfg.TRAIN.LR_SCHEDULER != "multistep":
         # cosine / warmup_linear run per step to END_EPOCH x steps; a budget changes the number of steps.
-        _fail(source, "TRAIN.TIME_BUDGET", cfg.TRAIN.TIME_BUDGET, "needs TRAIN.LR_SCHEDULER 'multistep'")
+        fail(source, "TRAIN.TIME_BUDGET", cfg.TRAIN.TIME_BUDGET, "needs TRAIN.LR_SCHEDULER 'multistep'")
     if cfg.TRAIN.OPTIMIZER not in ("adam", "adamw", "sgd"):
-        _fail(source, "TRAIN.OPTIMIZER", cfg.TRAIN.OPTIMIZER, "choose 'adam', 'adamw' or 'sgd'")
+        fail(source, "TRAIN.OPTIMIZER", cfg.TRAIN.OPTIMIZER, "choose 'adam', 'adamw' or 'sgd'")
     if cfg.FP16.DTYPE not in ("float16", "bfloat16"):
-        _fail(source, "FP16.DTYPE", cfg.FP16.DTYPE, "choose 'float16' or 'bfloat16'")
+        fail(source, "FP16.DTYPE", cfg.FP16.DTYPE, "choose 'float16' or 'bfloat16'")
     if cfg.LOSS.AE_LOSS_TYPE not in ("exp", "max"):
-        _fail(source, "LOSS.AE_LOSS_TYPE", cfg.LOSS.AE_LOSS_TYPE, "choose 'exp' or 'max'")
+        fail(source, "LOSS.AE_LOSS_TYPE", cfg.LOSS.AE_LOSS_TYPE, "choose 'exp' or 'max'")
     if cfg.DATASET.USE_UDP and cfg.DATASET.SCALE_AWARE_SIGMA:
-        _fail(source, "DATASET.USE_UDP", True, "is not implemented with DATASET.SCALE_AWARE_SIGMA True")
+        fail(source, "DATASET.USE_UDP", True, "is not implemented with DATASET.SCALE_AWARE_SIGMA True")
     if cfg.LOSS.HEATMAPS_LOSS_TYPE not in HEATMAPS_LOSS_TYPES:
-        _fail(source, "LOSS.HEATMAPS_LOSS_TYPE", cfg.LOSS.HEATMAPS_LOSS_TYPE, f"choose one of {HEATMAPS_LOSS_TYPES}")
+        fail(source, "LOSS.HEATMAPS_LOSS_TYPE", cfg.LOSS.HEATMAPS_LOSS_TYPE, f"choose one of {HEATMAPS_LOSS_TYPES}")
     if cfg.LOSS.HEATMAPS_LOSS_TYPE == "swahr" and not all(cfg.LOSS.WITH_HEATMAPS_LOSS):
         # SWAHR's scale maps are trained through the heatmap loss of their stage.
         why = "LOSS.HEATMAPS_LOSS_TYPE 'swahr' needs a heatmap loss on every stage"
-        _fail(source, "LOSS.WITH_HEATMAPS_LOSS", list(cfg.LOSS.WITH_HEATMAPS_LOSS), why)
+        fail(source, "LOSS.WITH_HEATMAPS_LOSS", list(cfg.LOSS.WITH_HEATMAPS_LOSS), why)
     if 1 not in [float(s) for s in cfg.TEST.SCALE_FACTOR]:
         # Tags are only taken at scale 1.0 (HigherHRNet's aggregate_results); without it there are none.
-        _fail(source, "TEST.SCALE_FACTOR", list(cfg.TEST.SCALE_FACTOR), "must contain 1.0")
+        fail(source, "TEST.SCALE_FACTOR", list(cfg.TEST.SCALE_FACTOR), "must contain 1.0")
 
     problem = sat_head_problem(cfg.MODEL.SAT)
     if problem:
-        _fail(source, *problem)
+        fail(source, *problem)
+    check_gpu_keys(cfg, source)

@@ -61,11 +61,20 @@ def bare_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in du.unwrap(model).state_dict().items()}
 
 
+def _write(obj: Any, path: str) -> None:
+    """:func:`save_atomic`; a :class:`CheckpointError` naming ``path`` when it cannot be written (a full
+    disk, a file size limit, a read-only folder), which every rank is then told of."""
+    try:
+        save_atomic(obj, path)
+    except (OSError, RuntimeError) as err:  # torch.save reports a failed write as a RuntimeError
+        raise CheckpointError(f"cannot write {path}: {err}") from err
+
+
 def save_weights(model: nn.Module, path: str) -> None:
     """:func:`bare_state_dict` of ``model`` to ``path`` atomically, refused when a value is NaN/inf."""
     weights = bare_state_dict(model)
     check_finite(weights, path)
-    save_atomic(weights, path)
+    _write(weights, path)
 
 
 def checkpoint_to_resume(output_dir: str) -> str | None:
@@ -111,7 +120,7 @@ def save_checkpoint(
         "config": cfg.dump(),
         "rng": du.rng_state(),
     }
-    save_atomic(obj, path)
+    _write(obj, path)
 
 
 def read_checkpoint(path: str) -> dict[str, Any]:

@@ -4,7 +4,8 @@ warm-up, mixed precision, the non-finite loss policy, progress logging and debug
 Differences from HigherHRNet: only rank 0 logs, writes TensorBoard and debug images; TensorBoard tags
 name the stage (not the batch index); torch.amp replaces apex; the loss runs in fp32; a non-finite loss
 stops the run (or skips the step) with the term named, and every rank takes the same decision; under
-float16 autocast it skips the step and lowers the loss scale, as GradScaler does for overflowing gradients.
+float16 autocast it skips the step and keeps the loss scale (GradScaler lowers it for overflowing gradients).
+A step reads the device once (its loss values and flags together), so the host queues work ahead.
 With SWAHR (``LOSS.HEATMAPS_LOSS_TYPE 'swahr'``) the scale terms are logged and summed under their own
 names and the scale maps drawn on their own (SWAHR's trainer logs the heatmap loss as its scale loss and
 passes ``[scale | heatmaps | tags]`` outputs to the debug pictures as heatmaps and tags).
@@ -82,15 +83,18 @@ class NonFiniteStep:
         )
 
 
-def back_off_loss_scale(scaler: torch.amp.GradScaler) -> float:
-    """Lower ``scaler``'s scale as its own update does after an overflow (scale x backoff factor, the
-    count of steps towards the next growth reset to 0); returns the new scale. Goes through
-    ``state_dict`` / ``load_state_dict``, GradScaler's public way to set both."""
-    scaler_state = scaler.state_dict()
-    scaler_state["scale"] *= scaler_state["backoff_factor"]
-    scaler_state["_growth_tracker"] = 0
-    scaler.load_state_dict(scaler_state)
-    return float(scaler_state["scale"])
+def grads_overflowed(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> torch.Tensor | None:
+    """``(1,)`` on the device, > 0 when :meth:`GradScaler.unscale_` (just called) found an inf/NaN
+    gradient: the record ``scaler.step`` reads with a host sync of its own, read here together with the
+    step's other flags. None where the record is not there (a GradScaler of another layout, an optimiser
+    that unscales inside its own step): ``scaler.step`` then decides."""
+    if getattr(optimizer, "_step_supports_amp_scaling", False):
+        return None
+    record = getattr(scaler, "_per_optimizer_states", {}).get(id(optimizer), {}).get("found_inf_per_device")
+    if not record:
+        return None
+    found = [f.reshape(1).float() for f in record.values()]
+    return torch.stack(found).amax(dim=0) if len(found) > 1 else found[0]
 
 
 def apply_nan_policy(
@@ -102,9 +106,11 @@ def apply_nan_policy(
 ) -> None:
     """What a non-finite loss does; the step is skipped whenever this returns.
 
-    With a GradScaler (float16 autocast) an overflow is routine: the scale is lowered
-    (:func:`back_off_loss_scale`) whatever ``policy`` says. Otherwise ``TRAIN.NAN_POLICY``: 'stop'
-    raises :class:`NonFiniteLossError`; 'skip' returns. Skips are counted in ``state``; the
+    With a GradScaler (float16 autocast) a non-finite loss is a forward overflow, skipped whatever
+    ``policy`` says; the loss scale stays: it neither causes nor cures a forward overflow, and lowering it
+    for each would leave the gradients to underflow for thousands of steps (GradScaler lowers it for
+    non-finite *gradients*, its own rule). Otherwise ``TRAIN.NAN_POLICY``: 'stop' raises
+    :class:`NonFiniteLossError`; 'skip' returns. Skips are counted in ``state``; the
     :data:`MAX_NAN_IN_A_ROW`-th in a row raises. ``logger``: None on the ranks that do not log.
     """
     msg = step.message()
@@ -113,9 +119,9 @@ def apply_nan_policy(
     state.nan_skipped += 1
     state.nan_in_a_row += 1
     if scaler is not None:
-        scale = back_off_loss_scale(scaler)
-        done = f"step skipped, loss scale lowered to {scale:g}"
-        give_up = f"although the loss scale was lowered each time, to {scale:g} (FP16.DTYPE bfloat16 may train)"
+        scale = scaler.get_scale()
+        done = f"step skipped (a float16 forward overflow), loss scale kept at {scale:g}"
+        give_up = "in the float16 forward (FP16.DTYPE bfloat16 has float32's range and may train)"
     else:
         done, give_up = "step skipped", "(TRAIN.NAN_POLICY 'skip')"
     if state.nan_in_a_row >= MAX_NAN_IN_A_ROW:
@@ -261,7 +267,7 @@ def do_train(
     ``fp16`` turns on autocast with ``FP16.DTYPE``; ``scaler`` (float16) scales the loss.
     A non-finite loss raises :class:`NonFiniteLossError` (``TRAIN.NAN_POLICY 'stop'``) or skips the
     step (``'skip'``, at most :data:`MAX_NAN_IN_A_ROW` in a row); with ``scaler`` it skips the step and
-    lowers the loss scale whatever the policy (:func:`apply_nan_policy`). Ranks agree on it, so DDP
+    keeps the loss scale whatever the policy (:func:`apply_nan_policy`). Ranks agree on it, so DDP
     never hangs.
     ``TRAIN.TIME_BUDGET`` ends the epoch early when its share of the budget is spent (ranks agree too).
     """
@@ -304,25 +310,35 @@ def do_train(
         hm_l, scale_l, push_l, pull_l = split_losses(loss_factory(outputs, heatmaps, masks, joints))
         total, terms = combine_losses(hm_l, push_l, pull_l, _ae_scale(cfg, state.global_step), scale_l)
 
-        # Term values, their finiteness and whether the time budget ends the epoch here stay on the device
-        # until backward is queued; the one host read per step comes before the optimiser step, the first
-        # thing that depends on it. Flags are max-reduced over ranks so all ranks take the same branches.
-        # A non-finite loss runs its backward on every rank too (DDP's gradient all-reduce needs all of
-        # them); its gradients are dropped below.
+        # Term values, their finiteness, whether the time budget ends the epoch here and (float16) whether
+        # the gradients overflowed stay on the device until backward is queued; the step's one host read
+        # comes before the optimiser step, the first thing that depends on it. Flags are max-reduced over
+        # ranks so all ranks take the same branches. A non-finite loss runs its backward on every rank too
+        # (DDP's gradient all-reduce needs all of them); its gradients are dropped below. new_full is a
+        # fill on the device: a tensor made from a Python list would be a blocking copy that holds the host
+        # until the forward has run.
         values = torch.stack([t.detach().float() for _, t in terms] + [total.detach().float()])
-        flags = torch.cat([(~torch.isfinite(values)).float(), values.new_tensor([float(out_of_time)])])
+        flags = [(~torch.isfinite(values)).float(), values.new_full((1,), float(out_of_time))]
         optimizer.zero_grad(set_to_none=True)
+        overflow = None
         if scaler is not None:
             scaler.scale(total).backward()
+            scaler.unscale_(optimizer)  # what scaler.step would do first; clipping needs it too
+            overflow = grads_overflowed(scaler, optimizer)
+            if overflow is not None:
+                flags.append(overflow)
         else:
             total.backward()
-        du.all_reduce_max_(flags)
+        flags = du.all_reduce_max_(torch.cat(flags))
         host = torch.cat([values, flags]).cpu().tolist()
         values_cpu, flags_cpu = host[: len(values)], host[len(values) :]
+        grads_bad = overflow is not None and flags_cpu.pop() > 0
         bad_cpu, cut = [f > 0 for f in flags_cpu[:-1]], flags_cpu[-1] > 0
         steps_done = i + 1
         if any(bad_cpu):
             optimizer.zero_grad(set_to_none=True)  # the step is skipped: its gradients must not linger
+            if scaler is not None:
+                scaler.update(scaler.get_scale())  # ends the step's unscale_, the scale as it was
             names = [name for name, _ in terms] + ["total"]
             bad_step = NonFiniteStep(epoch, i, n_steps, state.global_step, names, values_cpu, bad_cpu)
             apply_nan_policy(bad_step, cfg.TRAIN.NAN_POLICY, state, logger if ctx.is_main else None, scaler)
@@ -333,14 +349,16 @@ def do_train(
         state.nan_in_a_row = 0
 
         if cfg.TRAIN.CLIP_GRAD > 0:
-            if scaler is not None:
-                scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.TRAIN.CLIP_GRAD)
-        if scaler is not None:
-            scaler.step(optimizer)
+        if scaler is None:
+            optimizer.step()
+        elif overflow is None:
+            scaler.step(optimizer)  # reads its inf check itself
             scaler.update()
         else:
-            optimizer.step()
+            if not grads_bad:  # GradScaler's rule: no step on inf/NaN gradients, and update lowers the scale
+                optimizer.step()
+            scaler.update()
         state.global_step += 1
         if ema is not None:
             ema.update_parameters(du.unwrap(model))

@@ -266,8 +266,12 @@ def fit(
         cudnn_benchmark=cfg.CUDNN.BENCHMARK,
         cudnn_deterministic=cfg.CUDNN.DETERMINISTIC,
         cudnn_enabled=cfg.CUDNN.ENABLED,
+        deterministic=cfg.TRAIN.DETERMINISTIC,
     )
+    tf32 = du.set_tf32(cfg.TF32)
     device = ctx.device
+    if ctx.is_main and device.startswith("cuda"):
+        logger.info(f"=> {tf32}; TRAIN.DETERMINISTIC {cfg.TRAIN.DETERMINISTIC}")
     model = _prepare_model(cfg, ctx, model, logger)
     if loss_factory is None:
         from higherpose.core.loss import MultiLossFactory

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+import torch
 
 from higherpose.core.evaluation import evaluate_keypoints, poses_to_coco_results, write_results_json
 from higherpose.core.predictor import Predictor
@@ -140,6 +141,10 @@ def run_validation(
     predicted: list[tuple[int, list[dict]]] = []
     skipped: list[int] = []
     was_training = model.training
+    # Test images differ in shape: cuDNN's benchmark would time every algorithm anew for each shape, a
+    # cost that only pays where shapes repeat (training batches, a video's frames).
+    benchmark = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False
     try:
         dataset = build_test_dataset(cfg)
         ids = list(dataset.ids)
@@ -160,6 +165,7 @@ def run_validation(
         error = f"rank {rank}: {type(err).__name__}: {err}"
     finally:
         model.train(was_training)
+        torch.backends.cudnn.benchmark = benchmark
     if sharded:
         _agree(error)
         shares = du.all_gather_objects((predicted, skipped))

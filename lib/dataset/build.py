@@ -25,6 +25,7 @@ import logging
 import os
 import random
 
+import cv2
 import numpy as np
 import torch
 import torch.utils.data
@@ -116,7 +117,10 @@ def annotation_file(cfg, is_train: bool = True) -> str:
 
 
 def worker_init_fn(worker_id: int) -> None:
-    """Give each DataLoader worker its own augmentation stream (see the module docstring)."""
+    """Give each DataLoader worker its own augmentation stream (see the module docstring), and one OpenCV
+    thread: the workers of every rank already run side by side, and OpenCV's own pool per worker (a
+    thread per core each) would oversubscribe every core."""
+    cv2.setNumThreads(1)
     info = torch.utils.data.get_worker_info()
     seed = torch.initial_seed()  # base_seed + worker_id, drawn anew by the loader every epoch
     np.random.seed(seed % 2**32)  # noqa: NPY002 (legacy global generator, for any code still using it)
@@ -163,7 +167,8 @@ def make_dataloader(cfg, is_train: bool = True, distributed: bool = False) -> to
         shuffle=shuffle,
         sampler=sampler,
         num_workers=workers,
-        pin_memory=bool(cfg.PIN_MEMORY) and torch.cuda.is_available(),
+        # Pinned pages only help copies to a GPU; on a GPU host a DEVICE 'cpu' run would open a CUDA context.
+        pin_memory=bool(cfg.PIN_MEMORY) and cfg.DEVICE != "cpu" and torch.cuda.is_available(),
         worker_init_fn=worker_init_fn,
         generator=generator,
         # A seeded run needs fresh workers per epoch for exact resume (module docstring).

@@ -141,7 +141,8 @@ def cuda_device_index(local_rank: int, device_count: int) -> int:
     """The GPU of the process with this node-local rank: ``local_rank``, or 0 when the process sees a
     single GPU (SLURM ``--gpus-per-task=1`` gives each task its own GPU as device 0).
 
-    A :class:`ConfigError` when there are more processes than GPUs: two NCCL ranks on one GPU fail.
+    A :class:`ConfigError` when there are more processes than GPUs. With one visible GPU every local
+    rank gets it; :func:`check_one_rank_per_gpu` then stops a group where that GPU is another rank's.
     """
     from higherpose.config import ConfigError
 
@@ -154,6 +155,33 @@ def cuda_device_index(local_rank: int, device_count: int) -> int:
     raise ConfigError(
         f"local rank {local_rank} but only {device_count} GPUs visible: start at most one process per GPU"
     )
+
+
+def gpu_identity(index: int) -> str:
+    """CUDA device ``index`` as every process on any node names it, whatever its ``CUDA_VISIBLE_DEVICES``:
+    the GPU's UUID (else host name and PCI address)."""
+    props = torch.cuda.get_device_properties(index)
+    uuid = str(getattr(props, "uuid", "") or "")
+    where = f"{props.pci_domain_id:04x}:{props.pci_bus_id:02x}:{props.pci_device_id:02x}"
+    return f"GPU-{uuid}" if uuid else f"{socket.gethostname()} PCI {where}"
+
+
+def check_one_rank_per_gpu(identity: str, backend: str | None) -> None:
+    """Stop every rank with a :class:`ConfigError` when two ranks drive one GPU under NCCL, which fails
+    on that ("Duplicate GPU detected") without saying which ranks. ``identity``: this rank's
+    :func:`gpu_identity`. Under gloo a GPU may be shared (slow; a one-GPU machine checking the
+    multi-process paths). Every rank must call it (a collective)."""
+    from higherpose.config import ConfigError
+
+    first: dict[str, int] = {}
+    for rank, ident in enumerate(all_gather_objects(identity)):
+        if ident in first and backend == "nccl":
+            raise ConfigError(
+                f"ranks {first[ident]} and {rank} both use {ident}: NCCL needs one process per GPU; start at "
+                "most one process per visible GPU on each node (torchrun --nproc_per_node, --nproc, "
+                "CUDA_VISIBLE_DEVICES), or set DIST_BACKEND 'gloo' to share a GPU (slow)"
+            )
+        first.setdefault(ident, rank)
 
 
 def spawn_devices(nproc: int, cuda: bool, per_gpu: bool, gpus: Sequence[int], device_count: int) -> list[int | None]:
@@ -193,7 +221,10 @@ def spawn_devices(nproc: int, cuda: bool, per_gpu: bool, gpus: Sequence[int], de
 
 
 def cleanup() -> None:
-    """Leave the process group if one was joined."""
+    """Stop watching for other ranks' failures and leave the process group if one was joined."""
+    from higherpose.utils import failures
+
+    failures.stop_watching()
     if is_dist():
         dist.destroy_process_group()
 
@@ -275,19 +306,42 @@ def reseed_epoch(data_loader: Any, seed: int) -> None:
         dataset.reseed(seed)
 
 
-def setup_determinism(seed: int, *, cudnn_benchmark: bool, cudnn_deterministic: bool, cudnn_enabled: bool) -> None:
-    """cuDNN flags (``CUDNN.*``) and, for ``seed >= 0`` (``TRAIN.SEED``), the global RNGs.
+def setup_determinism(
+    seed: int, *, cudnn_benchmark: bool, cudnn_deterministic: bool, cudnn_enabled: bool, deterministic: bool = False
+) -> None:
+    """cuDNN flags (``CUDNN.*``), ``TRAIN.DETERMINISTIC`` and, for ``seed >= 0`` (``TRAIN.SEED``), the
+    global RNGs.
 
-    A seeded run is meant to be reproducible, so it turns benchmarking off and deterministic kernels on
-    whatever ``CUDNN.BENCHMARK`` / ``CUDNN.DETERMINISTIC`` say.
+    A seeded run is meant to be reproducible, so it turns benchmarking off and deterministic cuDNN
+    kernels on whatever ``CUDNN.BENCHMARK`` / ``CUDNN.DETERMINISTIC`` say. On the CPU that is enough: a
+    resumed seeded run reproduces an uninterrupted one. On CUDA, kernels that accumulate with atomics
+    (``gather``'s and ``scatter_add``'s backward, attention's backward) differ run to run unless
+    ``deterministic`` (``TRAIN.DETERMINISTIC``) picks their deterministic versions and cuBLAS its fixed
+    workspace; ops with no deterministic CUDA kernel (nearest upsampling's backward) warn once instead of
+    stopping the run, and stay run-to-run different in the last bits.
     """
+    if deterministic:
+        # Read when cuBLAS makes its handle, at the first matmul: before any has run.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
     if torch.backends.cudnn.is_available():
-        torch.backends.cudnn.benchmark = bool(cudnn_benchmark) and seed < 0
-        torch.backends.cudnn.deterministic = bool(cudnn_deterministic) or seed >= 0
+        torch.backends.cudnn.benchmark = bool(cudnn_benchmark) and seed < 0 and not deterministic
+        torch.backends.cudnn.deterministic = bool(cudnn_deterministic) or seed >= 0 or deterministic
         torch.backends.cudnn.enabled = bool(cudnn_enabled)
     if seed >= 0:
         # Same seed on every rank for the model init (DDP also broadcasts rank 0's weights).
         seed_everything(int(seed))
+
+
+def set_tf32(mode: str) -> str:
+    """``TF32``: which float32 work may use TF32 tensor cores (Ampere and later GPUs; no effect on the
+    CPU): 'conv' convolutions only (PyTorch's default), 'all' also float32 matmuls (the SAT head's
+    attention and linears, UDP's resampling), 'none' neither. Returns the choice in words, for the log."""
+    conv, matmul = mode in ("conv", "all"), mode == "all"
+    torch.backends.cudnn.conv.fp32_precision = "tf32" if conv else "ieee"
+    torch.backends.cuda.matmul.fp32_precision = "tf32" if matmul else "ieee"
+    word = {True: "TF32", False: "full FP32"}
+    return f"TF32 = {mode!r}: convolutions in {word[conv]}, float32 matmuls in {word[matmul]}"
 
 
 def rng_state() -> dict[str, Any]:
@@ -323,7 +377,26 @@ def resolve_device(name: str) -> torch.device:
 
     if not name:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ConfigError(f"DEVICE = {name!r}: {err} (use '', 'cpu', 'cuda' or 'cuda:N')") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"DEVICE = {name!r}: CUDA is not available on this machine (use '' or 'cpu')")
+        raise ConfigError(
+            f"DEVICE = {name!r}: CUDA does not work on this machine ({cuda_unavailable_reason()}); "
+            "use '' (CUDA when it works) or 'cpu'"
+        )
     return device
+
+
+def cuda_unavailable_reason() -> str:
+    """Why ``torch.cuda.is_available()`` is False, in words: a CPU-only build, no GPU visible, or a
+    driver that cannot run this build's CUDA (PyTorch then only warns and reports no CUDA)."""
+    if torch.version.cuda is None:
+        return "this PyTorch is a CPU-only build"
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return f"CUDA_VISIBLE_DEVICES = {os.environ['CUDA_VISIBLE_DEVICES']!r} hides every GPU"
+    return (
+        f"PyTorch {torch.__version__} is built for CUDA {torch.version.cuda}: no GPU is visible, or the "
+        "NVIDIA driver is missing or older than that CUDA needs (nvidia-smi shows the driver)"
+    )

@@ -9,17 +9,27 @@ import logging
 import os
 import platform
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 import torch.multiprocessing as mp
 
 from higherpose.utils import distributed as du
+from higherpose.utils import failures
 
 
 def use_cuda(cfg: Any) -> bool:
-    return cfg.DEVICE != "cpu" and torch.cuda.is_available()
+    """Whether this run's ranks use CUDA: ``DEVICE`` '' picks CUDA when it works, 'cpu' never does, and
+    'cuda' / 'cuda:N' must have it: a :class:`ConfigError` naming ``DEVICE`` when CUDA does not work (no
+    GPU, no driver, a driver older than the CUDA this PyTorch was built for), rather than a run on the
+    CPU that was meant for the GPU."""
+    if cfg.DEVICE == "cpu":
+        return False
+    if cfg.DEVICE:
+        du.resolve_device(cfg.DEVICE)  # raises the ConfigError
+        return True
+    return torch.cuda.is_available()
 
 
 def cpu_threads(local_procs: int) -> int:
@@ -61,12 +71,23 @@ def keep_freed_memory() -> bool:
 
 
 def join_group(
-    cfg: Any, local_rank: int, rank: int, world_size: int, init_method: str, local_procs: int, device_index=None
+    cfg: Any,
+    local_rank: int,
+    rank: int,
+    world_size: int,
+    init_method: str,
+    local_procs: int,
+    device_index: int | None = None,
+    what: str = "higherpose",
 ) -> tuple[str, str | None, str | None]:
     """Set this rank's device (CUDA: ``device_index``, by default :func:`du.cuda_device_index`; CPU:
-    threads of :func:`cpu_threads`, :func:`keep_freed_memory`) and join the group of
-    ``world_size`` (no group for a world of 1). Returns ``(device, backend or None, backend note)``."""
+    :func:`keep_freed_memory`; both: threads of :func:`cpu_threads`), join the group of ``world_size``
+    (no group for a world of 1) and watch for the other ranks' failures (:mod:`~higherpose.utils.failures`;
+    ``what`` names the tool in what is printed). Returns ``(device, backend or None, backend note)``."""
     cuda = use_cuda(cfg)
+    # GPU ranks too: their host side (decoding, grouping, the loader's main process) would otherwise
+    # start a thread per core in each of the node's processes.
+    torch.set_num_threads(cpu_threads(local_procs))
     if cuda:
         if device_index is None:
             device_index = du.cuda_device_index(local_rank, torch.cuda.device_count())
@@ -74,28 +95,69 @@ def join_group(
         device = f"cuda:{device_index}"
     else:
         device = "cpu"
-        torch.set_num_threads(cpu_threads(local_procs))
         keep_freed_memory()
     backend, note = du.choose_backend(cfg.DIST_BACKEND, cuda)
     du.init_distributed(backend, rank, world_size, init_method, timeout_min=cfg.DIST_TIMEOUT_MIN)
+    if world_size > 1:
+        failures.watch(init_method, rank, world_size, what)
+    if cuda and world_size > 1:
+        du.check_one_rank_per_gpu(du.gpu_identity(device_index), backend)
     return device, backend if world_size > 1 else None, note
 
 
-def spawn(entry: Callable[..., None], nproc: int, args: tuple, timeout_min: float, what: str, init_method=None) -> int:
+def spawn(
+    entry: Callable[..., None],
+    nproc: int,
+    args: tuple,
+    timeout_min: float,
+    what: str,
+    init_method: str | None = None,
+    store: Any = None,
+    other_ranks: Sequence[int] = (),
+) -> int:
     """Run ``entry(local_rank, init_method, *args)`` in ``nproc`` processes and wait for them; the
-    rendezvous is a store served here unless ``init_method`` is given (multi-node ``tcp://``).
-    Returns 0, or the exit code of the first process that failed (reported on stderr as ``what``)."""
-    store = None  # the processes' rendezvous: referenced until they have ended
+    rendezvous is a store served here unless ``init_method`` is given (multi-node: ``store`` is this
+    launcher's connection to it, or the store it serves, and ``other_ranks`` the ranks of the other nodes,
+    which a failure here must reach before this launcher goes). Returns 0, or the exit code of the first
+    process that failed (reported on stderr as ``what``)."""
     if init_method is None:
         store, init_method = du.serve_rendezvous(timeout_min)
     try:
         mp.spawn(entry, nprocs=nproc, args=(init_method, *args), join=True)
     except mp.ProcessExitedException as err:
         print(f"{what} process {err.error_index} exited with code {err.exit_code}", file=sys.stderr)
+        if store is not None and other_ranks:
+            failures.wait_for_ranks(store, other_ranks)
         return int(err.exit_code) if err.exit_code and err.exit_code > 0 else 1
+    except mp.ProcessRaisedException as err:  # an unexpected error: its traceback
+        print(f"{what} process {err.error_index} failed:\n{err}", file=sys.stderr)
+        if store is not None and other_ranks:
+            failures.wait_for_ranks(store, other_ranks)
+        return 1
     finally:
-        del store
+        del store  # referenced until the processes have ended: the store of their rendezvous
     return 0
+
+
+def node_store(dist_url: str, node: int, timeout_min: float) -> tuple[Any, str]:
+    """HigherHRNet's multi-node launch (``--dist-url tcp://HOST:PORT``): node 0's launcher serves the
+    rendezvous store at HOST:PORT for the whole run (so it outlives any rank, and a rank's failure still
+    reaches the other nodes), the other nodes' launchers connect to it. Returns ``(store, init_method of
+    the ranks)``; a :class:`ConfigError` names ``--dist-url`` when it is not ``tcp://HOST:PORT`` or
+    node 0 cannot serve it."""
+    from higherpose.config import ConfigError
+
+    address = failures.store_address(dist_url) if dist_url.startswith("tcp://") else None
+    if address is None:
+        raise ConfigError(f"--dist-url = {dist_url!r}: expected tcp://HOST:PORT")
+    host, port = address
+    timeout = du.process_group_timeout(timeout_min)
+    try:
+        store = du.dist.TCPStore(host, port, None, node == 0, timeout=timeout, wait_for_workers=False)
+    except (RuntimeError, OSError) as err:
+        role = "serve" if node == 0 else "reach node 0 at"
+        raise ConfigError(f"--dist-url = {dist_url!r}: node {node} cannot {role} it: {err}") from None
+    return store, f"{du.STORE_SCHEME}{host}:{port}"
 
 
 def rank_logging(cfg: Any, cfg_name: str, phase: str, rank: int) -> tuple[logging.Logger, str, str]:

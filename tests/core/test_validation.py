@@ -196,3 +196,23 @@ def test_keypoint_categories_sharing_one_skeleton_are_evaluated_as_one_class(
     assert one["AP"] > 0.9 and two == one
     only_first, _ = run_validation(_cfg(root, "DATASET.CATEGORY_IDS", "[1]"), model, str(tmp_path / "first"))
     assert only_first["AP"] < one["AP"]  # the persons of category 2 are found, and are false positives now
+
+
+def test_validation_turns_cudnn_benchmark_off_while_it_predicts(
+    synthetic_val: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """Test images differ in shape: no per-shape benchmarking there; the flag is as it was afterwards."""
+    from higherpose.core import validation
+
+    cfg = _cfg(synthetic_val)
+    seen = []
+    share = validation._predict_share
+
+    def predict(*args, **kwargs):
+        seen.append(torch.backends.cudnn.benchmark)
+        return share(*args, **kwargs)
+
+    monkeypatch.setattr(validation, "_predict_share", predict)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    run_validation(cfg, _perfect_model(cfg, synthetic_val), str(tmp_path))
+    assert seen == [False] and torch.backends.cudnn.benchmark is True

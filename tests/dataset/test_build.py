@@ -13,7 +13,13 @@ import torch
 
 from higherpose.core.validation import run_validation
 from higherpose.dataset.annotations import AnnotationError
-from higherpose.dataset.build import annotation_file, build_dataset, make_dataloader, make_test_dataloader
+from higherpose.dataset.build import (
+    annotation_file,
+    build_dataset,
+    make_dataloader,
+    make_test_dataloader,
+    worker_init_fn,
+)
 from tests.conftest import TINY_HRNET, load_cfg
 
 
@@ -285,3 +291,23 @@ def test_validation_refuses_nan_keypoints(coco_sample, tmp_path) -> None:
         make_test_dataloader(cfg)
     with pytest.raises(AnnotationError, match=expected):
         run_validation(cfg, torch.nn.Identity(), str(tmp_path / "out"))
+
+
+@pytest.mark.parametrize("device, pinned", [("cpu", False), ("", True), ("cuda", True)])
+def test_memory_is_pinned_only_for_a_gpu_run(coco_sample, monkeypatch, device, pinned) -> None:
+    """On a GPU host a DEVICE 'cpu' run pins nothing (pinning opens a CUDA context in every rank)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    cfg = _cfg(coco_sample, "WORKERS", "0", "DEVICE", device)
+    assert make_dataloader(cfg, is_train=True).pin_memory is pinned
+
+
+def test_loader_workers_run_opencv_on_one_thread() -> None:
+    import cv2
+
+    threads = cv2.getNumThreads()
+    try:
+        cv2.setNumThreads(4)
+        worker_init_fn(0)
+        assert cv2.getNumThreads() == 1
+    finally:
+        cv2.setNumThreads(threads)

@@ -57,6 +57,20 @@ def test_config_errors_stop_before_any_process(coco_sample, tmp_path, capsys, mo
     assert not (tmp_path / "coco_kpt").exists()
 
 
+@pytest.mark.parametrize("torchrun", [False, True])
+def test_device_cuda_without_cuda_stops_before_any_work(coco_sample, tmp_path, capsys, monkeypatch, torchrun):
+    """No driver, or one too old for this PyTorch's CUDA: a run meant for the GPU does not go to the CPU."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(dist_train, "run_worker", lambda *a, **k: pytest.fail("a worker was started"))
+    monkeypatch.setattr(dist_train, "preflight", lambda *a, **k: pytest.fail("preflight ran"))
+    if torchrun:
+        for key, value in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}.items():
+            monkeypatch.setenv(key, value)
+    assert dist_train.main(argv(tmp_path, "DEVICE", "cuda", nproc=2)) == 2
+    err = capsys.readouterr().err
+    assert "config error: DEVICE = 'cuda': CUDA does not work on this machine" in err, err
+
+
 def test_timeout_from_the_config_reaches_the_process_group(tmp_path, monkeypatch):
     seen = {}
 
@@ -169,3 +183,63 @@ def test_unwritable_output_dir_stops_every_process(coco_sample, tmp_path):
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     assert "OUTPUT_DIR" in result.stderr and str(blocker) in result.stderr, result.stderr[-2000:]
+
+
+def _node(out: Path, node: int, port: int, *opts: str, file_size_limit: int | None = None) -> subprocess.Popen:
+    """One node of HigherHRNet's tcp:// launch (one gloo process on it), its own OUTPUT_DIR (no shared
+    file system); ``file_size_limit``: the largest file its processes may write (RLIMIT_FSIZE: writing
+    more fails as on a full disk)."""
+    import resource
+
+    nodes = ["--world-size", "2", "--rank", str(node), "--dist-url", f"tcp://127.0.0.1:{port}"]
+    cmd = [sys.executable, "tools/dist_train.py", *nodes, *argv(out / f"node{node}", *opts)]
+    limit = None
+    if file_size_limit is not None:
+        limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))  # noqa: E731
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(cmd, cwd=REPO, env=env, text=True, stderr=subprocess.PIPE, preexec_fn=limit)
+
+
+def _finish(procs: list[subprocess.Popen]) -> list[tuple[int, str, float]]:
+    """``(exit code, stderr, time it ended)`` of each process, waited for side by side."""
+    import threading
+    import time
+
+    results: list = [None] * len(procs)
+
+    def wait(i: int) -> None:
+        _, err = procs[i].communicate(timeout=400)
+        results[i] = (procs[i].returncode, err, time.monotonic())
+
+    threads = [threading.Thread(target=wait, args=(i,)) for i in range(len(procs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def test_tcp_nodes_rank_0_that_cannot_write_its_checkpoint_stops_the_other_node(coco_sample, tmp_path):
+    """Node 0 can write files of at most 2 MB: its log, not its checkpoint. Node 1, waiting for rank 0 at the
+    epoch's end, stops within seconds with rank 0's message."""
+    port = du.find_free_port()
+    opts = ["TRAIN.ITERS_PER_EPOCH", "1", "TRAIN.END_EPOCH", "2"]
+    procs = [_node(tmp_path, 0, port, *opts, file_size_limit=2 << 20), _node(tmp_path, 1, port, *opts)]
+    (code0, err0, end0), (code1, err1, end1) = _finish(procs)
+    assert code0 == 2 and "cannot write" in err0 and "checkpoint.pth" in err0, err0[-3000:]
+    assert code1 == 2, err1[-3000:]
+    assert "[rank 1] stopping: rank 0: cannot write" in err1 and "checkpoint.pth" in err1, err1[-3000:]
+    assert abs(end1 - end0) < 60
+    assert not list(tmp_path.rglob("checkpoint.pth")) and not list(tmp_path.rglob("final_state.pth"))
+
+
+def test_tcp_nodes_config_error_on_one_node_ends_every_node(coco_sample, tmp_path):
+    """Node 1 finds no data where its DATASET.ROOT points; node 0's checks pass. Both end with node 1's
+    message before any process starts."""
+    port = du.find_free_port()
+    procs = [_node(tmp_path, 0, port), _node(tmp_path, 1, port, "DATASET.ROOT", str(tmp_path / "nothing"))]
+    (code0, err0, end0), (code1, err1, end1) = _finish(procs)
+    for code, err in ((code0, err0), (code1, err1)):
+        assert code == 2 and "config error: node 1: " in err and "DATASET.ROOT" in err, err[-3000:]
+    assert abs(end1 - end0) < 60
+    assert not (tmp_path / "node0" / "coco_kpt").exists()

@@ -78,6 +78,19 @@ def test_valid_clear_errors(coco_sample, tmp_path):
         valid.main(["--cfg", str(TINY_HRNET), *_opts(coco_sample, tmp_path), "TEST.MODEL_FILE", str(wrong)])
 
 
+def test_valid_device_cuda_without_cuda_stops_before_any_work(coco_sample, tmp_path, monkeypatch):
+    from higherpose.config import ConfigError
+    from higherpose.utils import launch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(launch.mp, "spawn", lambda *a, **k: pytest.fail("processes were started"))
+    opts = _opts(coco_sample, tmp_path)
+    opts[opts.index("DEVICE") + 1] = "cuda"
+    with pytest.raises(ConfigError, match="DEVICE = 'cuda': CUDA does not work"):
+        valid.main(["--nproc", "2", "--cfg", str(TINY_HRNET), *opts])
+    assert not (tmp_path / "coco").exists()
+
+
 def test_valid_runs_as_a_script(coco_sample, tmp_path):
     """From the repo root, with no path hacks: a missing checkpoint exits non-zero with one clear line."""
     proc = subprocess.run(
@@ -87,3 +100,37 @@ def test_valid_runs_as_a_script(coco_sample, tmp_path):
     )  # fmt: skip
     assert proc.returncode == 1
     assert "valid.py: TEST.MODEL_FILE" in proc.stderr and "nope.pth" in proc.stderr
+
+
+def _valid_rank(local_rank: int, init_method: str, root: str, out: str, weights: str) -> None:
+    """One of two valid.py ranks; rank 1 runs out of GPU memory while loading the model."""
+    from pathlib import Path
+
+    cfg = load_cfg(TINY_HRNET, *_opts(Path(root), Path(out)), "TEST.MODEL_FILE", weights)
+    load = valid.load_eval_model
+
+    def load_or_run_out(*args, **kwargs):
+        if local_rank == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return load(*args, **kwargs)
+
+    valid.load_eval_model = load_or_run_out
+    try:
+        valid.evaluate(local_rank, local_rank, 2, init_method, cfg, valid.parse_args(["--cfg", str(TINY_HRNET)]))
+        message = "evaluated"
+    except Exception as err:  # noqa: BLE001 - what each rank ends with is the test's subject
+        message = f"{type(err).__name__}: {err}"
+    Path(out, f"rank{local_rank}.txt").write_text(message)
+
+
+def test_valid_an_error_of_any_type_while_loading_stops_every_rank(coco_sample, tmp_path):
+    from higherpose.utils import launch
+
+    cfg = load_cfg(TINY_HRNET, *_opts(coco_sample, tmp_path))
+    weights = tmp_path / "weights.pth"
+    torch.save(build_model(cfg, is_train=False).state_dict(), weights)
+    args = (str(coco_sample), str(tmp_path), str(weights))
+    assert launch.spawn(_valid_rank, 2, args, cfg.DIST_TIMEOUT_MIN, "test: valid.py") == 0
+    for rank in (0, 1):
+        message = (tmp_path / f"rank{rank}.txt").read_text()
+        assert message.startswith("CheckpointError: rank 1: OutOfMemoryError: CUDA out of memory"), message

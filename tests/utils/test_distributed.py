@@ -5,6 +5,7 @@ timeout, the GPU of each process and the launcher-held rendezvous."""
 from __future__ import annotations
 
 import datetime
+import os
 import random
 import socket
 
@@ -167,3 +168,97 @@ def test_served_rendezvous_keeps_its_port():
     client = torch.distributed.TCPStore(host, int(port), None, False, timeout=datetime.timedelta(seconds=30))
     client.set("k", "v")
     assert store.get("k") == b"v"
+
+
+def test_device_cuda_without_cuda_names_the_key(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"DEVICE = 'cuda': CUDA does not work on this machine \("):
+        du.resolve_device("cuda")
+    with pytest.raises(ConfigError, match="DEVICE = 'gpu'"):
+        du.resolve_device("gpu")
+    assert du.resolve_device("") == torch.device("cpu")
+
+
+def _join_one_gpu(rank: int, init_method: str, backend: str, out: str) -> None:
+    """One of two ranks whose device lookup says they share one GPU; they talk over gloo (no GPU here)."""
+    from higherpose.utils import launch
+    from tests.conftest import TINY_HRNET, load_cfg
+
+    cfg = load_cfg(TINY_HRNET, "DIST_BACKEND", backend, "DEVICE", "cuda")
+    init = du.init_distributed
+    launch.use_cuda = lambda cfg: True
+    torch.cuda.device_count, torch.cuda.set_device = (lambda: 1), (lambda index: None)
+    du.gpu_identity = lambda index: "GPU-5e1f"  # what either rank's lookup finds
+    du.init_distributed = lambda backend, *a, **k: init("gloo", *a, **k)
+    try:
+        device, backend, _ = launch.join_group(cfg, rank, rank, 2, init_method, 2)
+        message = f"joined {device} {backend}"
+    except ConfigError as err:
+        message = str(err)
+    finally:
+        du.cleanup()
+    with open(f"{out}/rank{rank}.txt", "w") as f:
+        f.write(message)
+
+
+@pytest.mark.parametrize("backend", ["nccl", "gloo"])
+def test_two_ranks_on_one_gpu_stop_under_nccl(tmp_path, backend):
+    """The one-visible-GPU fallback gives every local rank GPU 0; under NCCL both ranks stop with the ranks
+    and the GPU named (NCCL's own error names neither); gloo may share it."""
+    import torch.multiprocessing as mp
+
+    init = f"tcp://127.0.0.1:{du.find_free_port()}"
+    mp.spawn(_join_one_gpu, nprocs=2, args=(init, backend, str(tmp_path)), join=True)
+    messages = [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)]
+    if backend == "nccl":
+        assert all("ranks 0 and 1 both use GPU-5e1f: NCCL needs one process per GPU" in m for m in messages), messages
+    else:
+        assert messages == ["joined cuda:0 gloo"] * 2, messages
+
+
+@pytest.fixture
+def restore_precision_flags():
+    conv, matmul = torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision
+    deterministic, cublas = torch.are_deterministic_algorithms_enabled(), os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    cudnn = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic, torch.backends.cudnn.enabled)
+    yield
+    torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = conv, matmul
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic, torch.backends.cudnn.enabled = cudnn
+    if cublas is None:
+        os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+    else:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = cublas
+
+
+@pytest.mark.parametrize(
+    "mode, conv, matmul, words",
+    [
+        ("conv", "tf32", "ieee", "convolutions in TF32, float32 matmuls in full FP32"),
+        ("all", "tf32", "tf32", "convolutions in TF32, float32 matmuls in TF32"),
+        ("none", "ieee", "ieee", "convolutions in full FP32, float32 matmuls in full FP32"),
+    ],
+)
+def test_tf32_modes_set_both_flags_and_say_so(restore_precision_flags, mode, conv, matmul, words):
+    assert du.set_tf32(mode) == f"TF32 = {mode!r}: {words}"
+    assert torch.backends.cudnn.conv.fp32_precision == conv and torch.backends.cuda.matmul.fp32_precision == matmul
+
+
+def test_tf32_key_is_checked():
+    from tests.conftest import TINY_HRNET, load_cfg
+
+    assert load_cfg(TINY_HRNET).TF32 == "conv"  # PyTorch's own default
+    with pytest.raises(ConfigError, match=r"TF32 = 'fast': choose one of \('conv', 'all', 'none'\)"):
+        load_cfg(TINY_HRNET, "TF32", "fast")
+
+
+def test_deterministic_switch_sets_what_cuda_needs(restore_precision_flags, monkeypatch):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    flags = dict(cudnn_benchmark=True, cudnn_deterministic=False, cudnn_enabled=True)
+    du.setup_determinism(-1, **flags)
+    assert not torch.are_deterministic_algorithms_enabled() and "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+    du.setup_determinism(-1, **flags, deterministic=True)
+    assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    if torch.backends.cudnn.is_available():
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
