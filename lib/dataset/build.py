@@ -25,7 +25,6 @@ import logging
 import os
 import random
 
-import cv2
 import numpy as np
 import torch
 import torch.utils.data
@@ -117,10 +116,10 @@ def annotation_file(cfg, is_train: bool = True) -> str:
 
 
 def worker_init_fn(worker_id: int) -> None:
-    """Give each DataLoader worker its own augmentation stream (see the module docstring), and one OpenCV
-    thread: the workers of every rank already run side by side, and OpenCV's own pool per worker (a
-    thread per core each) would oversubscribe every core."""
-    cv2.setNumThreads(1)
+    """Give each DataLoader worker its own augmentation stream (see the module docstring).
+
+    OpenCV's thread count is left alone here: changing it in a forked worker waits on the pool threads
+    of the parent, which the fork did not copy, and the worker hangs."""
     info = torch.utils.data.get_worker_info()
     seed = torch.initial_seed()  # base_seed + worker_id, drawn anew by the loader every epoch
     np.random.seed(seed % 2**32)  # noqa: NPY002 (legacy global generator, for any code still using it)

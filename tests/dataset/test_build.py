@@ -18,7 +18,6 @@ from higherpose.dataset.build import (
     build_dataset,
     make_dataloader,
     make_test_dataloader,
-    worker_init_fn,
 )
 from tests.conftest import TINY_HRNET, load_cfg
 
@@ -299,15 +298,3 @@ def test_memory_is_pinned_only_for_a_gpu_run(coco_sample, monkeypatch, device, p
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     cfg = _cfg(coco_sample, "WORKERS", "0", "DEVICE", device)
     assert make_dataloader(cfg, is_train=True).pin_memory is pinned
-
-
-def test_loader_workers_run_opencv_on_one_thread() -> None:
-    import cv2
-
-    threads = cv2.getNumThreads()
-    try:
-        cv2.setNumThreads(4)
-        worker_init_fn(0)
-        assert cv2.getNumThreads() == 1
-    finally:
-        cv2.setNumThreads(threads)
