@@ -123,7 +123,9 @@ def worker_init_fn(worker_id: int) -> None:
     """Give each DataLoader worker its own augmentation stream (see the module docstring), and one OpenCV
     thread: the workers of every rank already run side by side, and OpenCV's own pool per worker (a
     thread per core each) would oversubscribe every core."""
-    cv2.setNumThreads(1)
+    # 0: OpenCV runs sequentially. setNumThreads(1) would reconfigure the pool inherited from the parent
+    # and, in a child forked after that pool ran (validation resizes images in the parent), hang.
+    cv2.setNumThreads(0)
     info = torch.utils.data.get_worker_info()
     seed = torch.initial_seed()  # base_seed + worker_id, drawn anew by the loader every epoch
     np.random.seed(seed % 2**32)  # noqa: NPY002 (legacy global generator, for any code still using it)
