@@ -35,6 +35,7 @@ from scipy.optimize import linear_sum_assignment
 from higherpose.core.group_refine import NP_FLOATS, adjust_people, np_mean0, refine_people
 from higherpose.core.layout import OutputLayout
 from higherpose.dataset.specs import spec_from_cfg
+from higherpose.utils.host import numpy_dtype, to_host
 
 
 @dataclass
@@ -175,7 +176,12 @@ class HeatmapParser:
 
     def top_k(self, det: torch.Tensor, tag: torch.Tensor) -> dict[str, np.ndarray]:
         """det: (B, K, H, W); tag: (B, K or 1, H, W, L) -> numpy tag_k (B, K, T, L), loc_k (B, K, T, 2) int
-        (x, y), val_k (B, K, T) with T = MAX_NUM_PEOPLE."""
+        (x, y), val_k (B, K, T) with T = MAX_NUM_PEOPLE (:meth:`top_k_tensors`, read back in one copy)."""
+        tag_k, loc_k, val_k = to_host(*self.top_k_tensors(det, tag))
+        return {"tag_k": tag_k, "loc_k": loc_k, "val_k": val_k}
+
+    def top_k_tensors(self, det: torch.Tensor, tag: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`top_k` on det's device: ``(tag_k, loc_k, val_k)`` tensors."""
         det = self.nms(det)
         num_images, num_joints, h, w = det.shape
         val_k, ind = det.view(num_images, num_joints, -1).topk(self.params.max_num_people, dim=2)
@@ -184,7 +190,7 @@ class HeatmapParser:
             tag = tag.expand(-1, self.params.num_joints, -1, -1)
         tag_k = torch.gather(tag, 2, ind[..., None].expand(-1, -1, -1, tag.size(3)))
         loc_k = torch.stack((ind % w, ind // w), dim=3)
-        return {"tag_k": tag_k.cpu().numpy(), "loc_k": loc_k.cpu().numpy(), "val_k": val_k.cpu().numpy()}
+        return tag_k, loc_k, val_k
 
     def candidates(self, det: torch.Tensor, tag: torch.Tensor) -> dict[str, np.ndarray]:
         """What :meth:`match` keeps of :meth:`top_k`: per joint the local maxima above the detection
@@ -204,7 +210,7 @@ class HeatmapParser:
         num_tag = tag.size(-1)
         val_k = np.zeros((num_images, num_joints, t), dtype=det_np.dtype)
         loc_k = np.zeros((num_images, num_joints, t, 2), dtype=np.int64)
-        tag_k = np.zeros((num_images, num_joints, t, num_tag), dtype=_np_dtype(tag.dtype))
+        tag_k = np.zeros((num_images, num_joints, t, num_tag), dtype=numpy_dtype(tag.dtype))
         tag_flat = tag.detach().reshape(num_images, tag.size(1), h * w, num_tag)
         for b in range(num_images):
             found = _local_maxima(det_np[b], thr, self.nms_padding)
@@ -284,10 +290,6 @@ class HeatmapParser:
         return grouped, scores[0]
 
 
-def _np_dtype(dtype: torch.dtype) -> np.dtype:
-    return torch.empty(0, dtype=dtype).numpy().dtype
-
-
 def _top_k_dense(parser: HeatmapParser, det: torch.Tensor, tag: torch.Tensor) -> dict[str, np.ndarray]:
     """HigherHRNet's NMS + top-k on det (B, J, H, W) for any J; tag (B, J or 1, H, W, L)."""
     det = parser.nms(det)
@@ -296,7 +298,8 @@ def _top_k_dense(parser: HeatmapParser, det: torch.Tensor, tag: torch.Tensor) ->
     tag = tag.reshape(tag.size(0), tag.size(1), w * h, -1).expand(-1, num_joints, -1, -1)
     tag_k = torch.gather(tag, 2, ind[..., None].expand(-1, -1, -1, tag.size(3)))
     loc_k = torch.stack((ind % w, ind // w), dim=3)
-    return {"tag_k": tag_k.cpu().numpy(), "loc_k": loc_k.cpu().numpy(), "val_k": val_k.cpu().numpy()}
+    tag_k, loc_k, val_k = to_host(tag_k, loc_k, val_k)
+    return {"tag_k": tag_k, "loc_k": loc_k, "val_k": val_k}
 
 
 # The NMS shortcut tests pixels one by one; above this share of pixels over the threshold max-pooling the

@@ -18,7 +18,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from higherpose.core.udp import taylor_offsets
+from higherpose.core.udp import device_indices, peak_neighbourhood, taylor_from_neighbourhood
+from higherpose.utils.host import to_host
 
 NP_FLOATS = (torch.float16, torch.float32, torch.float64)  # dtypes whose maps are read as numpy arrays
 
@@ -213,36 +214,30 @@ def np_mean0(rows: list[np.ndarray]) -> np.ndarray:
     return np.true_divide(total, np.intp(arr.shape[0]), out=total, casting="unsafe", subok=False)
 
 
-def _quarter_shifts(
-    det: torch.Tensor, joint: np.ndarray, row: np.ndarray, col: np.ndarray
+def decode_peaks(
+    vals: np.ndarray, row: np.ndarray, col: np.ndarray, h: int, w: int, udp: bool
 ) -> tuple[np.ndarray, np.ndarray]:
-    """+0.25 where the right (lower) neighbour of ``det[joint, row, col]`` is larger than the left (upper)
-    one, else -0.25 (borders clamped); det: (K, H, W) on any device; indices: (n,) -> two (n,) arrays."""
-    _, h, w = det.shape
-    dev = det.device
-    j = torch.as_tensor(joint, dtype=torch.long, device=dev)
-    r = torch.as_tensor(row, dtype=torch.long, device=dev)
-    c = torch.as_tensor(col, dtype=torch.long, device=dev)
-    right = det[j, r, (c + 1).clamp(max=w - 1)]
-    left = det[j, r, (c - 1).clamp(min=0)]
-    down = det[j, (r + 1).clamp(max=h - 1), c]
-    up = det[j, (r - 1).clamp(min=0), c]
-    signs = torch.stack((right > left, down > up)).cpu().numpy()
-    sx, sy = np.where(signs, 0.25, -0.25)
-    return sx, sy
+    """Decoded ``(x, y)`` of peaks at ``row``, ``col`` (n,) on an (h, w) map from their
+    :func:`~higherpose.core.udp.peak_neighbourhood` values (9, n): HigherHRNet's ``peak + 0.5 ± 0.25``
+    (+0.25 toward the larger of the right / left and of the lower / upper neighbours, borders clamped,
+    ties -0.25), or with ``udp`` the peak plus its Taylor offset."""
+    if udp:
+        ox, oy = taylor_from_neighbourhood(vals, row, col, h, w)
+    else:
+        ox = np.where(vals[2] > vals[1], 0.25, -0.25) + 0.5
+        oy = np.where(vals[4] > vals[3], 0.25, -0.25) + 0.5
+    return col + ox, row + oy
 
 
 def _subpixel(
     det: torch.Tensor, joint: np.ndarray, row: np.ndarray, col: np.ndarray, udp: bool
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Decoded ``(x, y)`` of the peaks ``det[joint, row, col]`` (det (K, H, W)): HigherHRNet's
-    ``peak + 0.5 ± 0.25``, or with ``udp`` the peak plus its Taylor offset."""
-    if udp:
-        ox, oy = taylor_offsets(det, joint, row, col)
-    else:
-        ox, oy = _quarter_shifts(det, joint, row, col)
-        ox, oy = ox + 0.5, oy + 0.5
-    return col + ox, row + oy
+    """:func:`decode_peaks` of the peaks ``det[joint, row, col]`` (det (K, H, W) on any device): one
+    gather of their neighbourhoods and one read back."""
+    if len(joint) == 0:
+        return col + 0.0, row + 0.0
+    (vals,) = to_host(peak_neighbourhood(det, *device_indices(det.device, joint, row, col)))
+    return decode_peaks(vals, row, col, det.shape[1], det.shape[2], udp)
 
 
 def adjust_people(ans: list[np.ndarray], det: torch.Tensor, udp: bool) -> list[np.ndarray]:
@@ -286,32 +281,29 @@ def refine_people(det: torch.Tensor, tag: torch.Tensor, people: np.ndarray, num_
     # gives the peak pixel back; a UDP position (peak + Taylor offset in (-0.5, 0.5)) needs rounding.
     xy = np.floor(people[:, :, :2] + 0.5).astype(np.int32) if udp else people[:, :, :2].astype(np.int32)
     p_det, j_det = np.nonzero(detected)
-    sampled = tag[
-        torch.as_tensor(j_det, device=tag.device),
-        torch.as_tensor(xy[p_det, j_det, 1], dtype=torch.long, device=tag.device),
-        torch.as_tensor(xy[p_det, j_det, 0], dtype=torch.long, device=tag.device),
-    ]
-    sampled = sampled.detach().cpu().numpy()
+    dev = tag.device
+    (sampled,) = to_host(tag[tuple(device_indices(dev, j_det, xy[p_det, j_det, 1], xy[p_det, j_det, 0]))].detach())
     prev_tags = np.zeros((people.shape[0], tag.size(3)), dtype=sampled.dtype)
     for p in np.nonzero(has_any)[0]:
         prev_tags[p] = np_mean0(sampled[p_det == p])
 
     p_mis, j_mis = np.nonzero(missing)
-    prev = torch.as_tensor(prev_tags, device=tag.device, dtype=tag.dtype)
+    prev = torch.as_tensor(prev_tags, device=dev, dtype=tag.dtype)
     det_f = det.detach()
     # Tag planes (K, L, H, W) so each squared difference is one contiguous in-place pass; the sum over
     # L runs in the official order, so distances are bit-identical to its ((t - m) ** 2).sum(2) ** 0.5.
     planes = tag.detach().permute(0, 3, 1, 2)
     best = np.full(len(p_mis), -1, dtype=np.int64)
-    on_cpu = det.device.type == "cpu" and tag.device.type == "cpu"
+    on_cpu = det.device.type == "cpu" and dev.type == "cpu"
     if on_cpu and det.dtype in NP_FLOATS and tag.dtype in NP_FLOATS:
         refine_pruned(det_f.numpy(), tag.detach().numpy(), prev.numpy(), p_mis, j_mis, best)
     todo = np.nonzero(best < 0)[0]
+    j_all, p_all = device_indices(dev, j_mis, p_mis)
+    found: list[torch.Tensor] = []  # off the CPU: the argmaxes, read back once with their neighbourhoods
     step = max(1, _REFINE_CHUNK // (h * w))
     for start in range(0, len(todo), step):
         sel = todo[start : start + step]
-        j_t = torch.as_tensor(j_mis[sel], device=tag.device)
-        p_t = torch.as_tensor(p_mis[sel], device=tag.device)
+        j_t, p_t = (j_all, p_all) if len(sel) == len(j_mis) else (j_all[sel], p_all[sel])
         dist = None
         for li in range(planes.size(1)):
             diff = planes[j_t, li] - prev[p_t, li][:, None, None]  # (n, H, W)
@@ -320,17 +312,25 @@ def refine_people(det: torch.Tensor, tag: torch.Tensor, people: np.ndarray, num_
         dist.sqrt_().round_()
         score = torch.sub(det_f[j_t], dist, out=dist)
         flat_score = score.reshape(score.size(0), -1)
-        # numpy's argmax (first maximum, as torch's) is much faster on CPU.
-        best[sel] = flat_score.numpy().argmax(axis=1) if on_cpu else flat_score.argmax(dim=1).cpu().numpy()
+        if on_cpu:  # numpy's argmax (first maximum, as torch's) is much faster on CPU
+            best[sel] = flat_score.numpy().argmax(axis=1)
+        else:
+            found.append(flat_score.argmax(dim=1))
 
-    rows, cols = best // w, best % w
-    val = det_f[
-        torch.as_tensor(j_mis, device=det.device),
-        torch.as_tensor(rows, device=det.device),
-        torch.as_tensor(cols, device=det.device),
-    ]
-    val = val.float().cpu().numpy()
-    x, y = _subpixel(det_f, j_mis, rows, cols, udp)
+    if on_cpu:
+        rows, cols = best // w, best % w
+        val = det_f[tuple(device_indices(det.device, j_mis, rows, cols))]
+        val = val.float().numpy()
+        x, y = _subpixel(det_f, j_mis, rows, cols, udp)
+    else:
+        # Every pair took the full-map path, in order: the peaks' neighbourhoods are gathered on the
+        # device and read back with the argmaxes in one copy (their centre is the value at the peak).
+        best_t = torch.cat(found)
+        near = peak_neighbourhood(det_f, j_all, best_t // w, best_t % w)
+        best, near = to_host(best_t, near)
+        rows, cols = best // w, best % w
+        val = near[0].astype(np.float32)
+        x, y = decode_peaks(near, rows, cols, h, w, udp)
     fill = val > 0
     people[p_mis[fill], j_mis[fill], 0] = x[fill]
     people[p_mis[fill], j_mis[fill], 1] = y[fill]

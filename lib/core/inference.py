@@ -10,6 +10,7 @@ that place; the path that valid.py and the estimator run passes the protocol.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +23,7 @@ from torch import nn
 from higherpose.core.group import HeatmapParser
 from higherpose.core.layout import OutputLayout
 from higherpose.core.protocol import TestProtocol
-from higherpose.core.udp import udp_multi_stage_outputs
+from higherpose.core.udp import no_autocast, udp_multi_stage_outputs
 from higherpose.dataset.transforms import IMAGENET_MEAN, IMAGENET_STD
 from higherpose.utils.transforms import get_multi_scale_size, resize_align_multi_scale, transform_preds
 
@@ -114,7 +115,8 @@ def aggregate_results(
     return final_heatmaps, tags_list
 
 
-def _model_device(model: nn.Module | Forward) -> torch.device:
+def model_device(model: nn.Module | Forward) -> torch.device:
+    """The device of a network's first parameter (or buffer); the CPU for a plain callable."""
     if not isinstance(model, nn.Module):  # a plain callable (e.g. a wrapped runtime): CPU tensors in
         return torch.device("cpu")
     for tensor in model.parameters():
@@ -126,10 +128,22 @@ def _model_device(model: nn.Module | Forward) -> torch.device:
 
 def _to_input(images: Sequence[np.ndarray], device: torch.device) -> torch.Tensor:
     """RGB uint8 images (h, w, 3) of one size -> normalised (B, 3, h, w) float32 on ``device``."""
-    x = torch.from_numpy(np.stack(images)).to(device=device).permute(0, 3, 1, 2).float().div_(255.0)
-    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    batch = torch.from_numpy(np.stack(images))
+    if device.type == "cuda":  # from pinned pages the copy is queued without waiting for the GPU
+        batch = batch.pin_memory()
+    x = batch.to(device=device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+    mean, std = _imagenet_statistics(device)
     return (x - mean) / std
+
+
+@functools.lru_cache(maxsize=8)
+def _imagenet_statistics(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet's mean and std (1, 3, 1, 1) on ``device``, copied there once (a blocking copy to a GPU
+    waits for the work queued before it). Normal tensors even when first asked for in inference mode."""
+    with torch.inference_mode(False):
+        mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    return mean, std
 
 
 def _udp_outputs(
@@ -175,7 +189,8 @@ def eval_forward(model: nn.Module | Forward, device: torch.device, amp_dtype: to
     outputs cast to float32, so stage/flip/scale averaging, resizing and grouping always run in fp32."""
 
     def forward(image: torch.Tensor) -> list[torch.Tensor]:
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        amp = no_autocast(device.type) if amp_dtype is None else torch.autocast(device.type, dtype=amp_dtype)
+        with amp:
             outputs = model(image)
         return [o.float() for o in outputs]
 
@@ -277,7 +292,20 @@ def predict_images(
     :func:`predict_image` returns. ``cfg``: the test protocol (or a config)."""
     protocol = TestProtocol.of(cfg)
     parser = parser or HeatmapParser.from_protocol(protocol)
-    device = _model_device(model)
+    device = model_device(model)
+    results: list[Any] = [None] * len(images_rgb)
+    with torch.no_grad():
+        for chunk in same_size_chunks(protocol, images_rgb, batch_size):
+            preds = _predict_same_size(protocol, model, [images_rgb[i] for i in chunk], parser, device)
+            for i, pred in zip(chunk, preds):
+                results[i] = pred
+    return results
+
+
+def same_size_chunks(protocol: TestProtocol, images_rgb: Sequence[np.ndarray], batch_size: int) -> list[list[int]]:
+    """The indices of ``images_rgb`` in forwards of at most ``batch_size`` images whose network input
+    sizes agree at every test scale (in order of each size's first image); a scale whose input is not
+    a multiple of the network's stride is an error that names it."""
     scales = list(protocol.scales)
     min_scale = min(scales)
     groups: dict[tuple, list[int]] = {}
@@ -291,15 +319,8 @@ def predict_images(
                     "multiples of half the smallest one, e.g. [1], [1.5, 1], [2, 1], [1, 0.5]"
                 )
         groups.setdefault(key, []).append(i)
-    results: list[Any] = [None] * len(images_rgb)
-    with torch.no_grad():
-        for indices in groups.values():
-            for start in range(0, len(indices), max(1, batch_size)):
-                chunk = indices[start : start + max(1, batch_size)]
-                preds = _predict_same_size(protocol, model, [images_rgb[i] for i in chunk], parser, device)
-                for i, pred in zip(chunk, preds):
-                    results[i] = pred
-    return results
+    step = max(1, batch_size)
+    return [indices[start : start + step] for indices in groups.values() for start in range(0, len(indices), step)]
 
 
 def predict_image(

@@ -17,8 +17,10 @@ Details", CVPR 2020). Here every map is resampled once, exactly, onto the destin
 The resampling is bicubic, ``F.grid_sample``'s (:func:`sample_grid`, border padding, ``A = -0.75``). The
 destination grid is a product of x and y coordinates, so it is computed as two matrix products per
 map, ``wy @ map @ wx^T``, with bicubic weight matrices built once per map size and grid and cached;
-the mirrored pass's flip is folded into its ``wx``. A bicubic row has four taps, so the matrices are
-kept as blocks of rows with only the columns the block reaches (:class:`Banded`). The flip average of
+the mirrored pass's flip is folded into its ``wx``. A bicubic row has four taps, so on the CPU the
+matrices are kept as blocks of rows with only the columns the block reaches (:class:`Banded`); on
+other devices, where tens of small products cost more launches than the zeros they skip, each is one
+dense matrix (:meth:`Banded.whole`) and a map takes two products. The flip average of
 the heatmaps is summed after the width products, the stage average after the height products, and
 only the channels that are read are resampled (heatmaps of the ``TEST.WITH_HEATMAPS`` stages, tags of
 the ``TEST.WITH_AE`` stages where the caller uses them). The image and its mirror run through the
@@ -27,6 +29,7 @@ network as one batch.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
@@ -37,6 +40,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from higherpose.core.layout import OutputLayout
+from higherpose.utils.host import to_host
+
+
+def no_autocast(device_type: str) -> contextlib.AbstractContextManager:
+    """``torch.autocast(device_type, enabled=False)``; nothing to turn off on a device type autocast does
+    not know (``meta``, where the device paths are tested)."""
+    try:
+        return torch.autocast(device_type, enabled=False)
+    except RuntimeError:
+        return contextlib.nullcontext()
 
 
 def sample_grid(maps: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
@@ -53,7 +66,7 @@ def sample_grid(maps: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> torch
     gy = ys * (2.0 / max(h - 1, 1)) - 1.0
     grid_y, grid_x = torch.meshgrid(gy, gx, indexing="ij")
     grid = torch.stack((grid_x, grid_y), dim=2).float()[None].expand(maps.size(0), -1, -1, -1)
-    with torch.autocast(maps.device.type, enabled=False):
+    with no_autocast(maps.device.type):
         return F.grid_sample(maps.float(), grid, mode="bicubic", padding_mode="border", align_corners=True)
 
 
@@ -120,12 +133,19 @@ _BAND_ROWS = 32  # rows of a Banded block: fewer columns per row against more, s
 class Banded(NamedTuple):
     """A float32 matrix (n_out, n_in) whose rows have their nonzeros in a few neighbouring columns
     (bicubic: 4 taps), stored as blocks of :data:`_BAND_ROWS` rows: ``(lo, hi, block)`` with ``block``
-    (rows, hi - lo) the block's columns ``lo:hi``, outside which the block is zero.
+    (rows, hi - lo) the block's columns ``lo:hi``, outside which the block is zero (or, made by
+    :meth:`whole`, as one block of all rows and columns).
 
     Its products skip the zero terms: the width product of a 192-pixel map onto 256 pixels reads about
     28 columns a row instead of 192."""
 
     blocks: tuple[tuple[int, int, torch.Tensor], ...]
+
+    @classmethod
+    def whole(cls, matrix: np.ndarray, device: torch.device | None = None) -> Banded:
+        """The dense (n_out, n_in) matrix as one block: every product is a single matmul."""
+        block = torch.as_tensor(np.ascontiguousarray(matrix), dtype=torch.float32, device=device)
+        return cls(((0, matrix.shape[1], block),))
 
     @classmethod
     def from_dense(cls, matrix: np.ndarray, device: torch.device | None = None) -> Banded:
@@ -159,16 +179,19 @@ def _resampling_matrices(
     base_size: tuple[float, float],
     ratio: float,
     device: torch.device,
+    dense: bool = False,
 ) -> tuple[list[tuple[Banded, Banded]], list[tuple[Banded, Banded]]]:
     """The matrices on ``device`` for stage outputs of sizes ``shapes`` ((h, w) each): per stage
-    ``(wy, wx)`` for the plain pass and ``(wy, wx_mirrored)`` for the mirrored one."""
+    ``(wy, wx)`` for the plain pass and ``(wy, wx_mirrored)`` for the mirrored one; banded, or with
+    ``dense`` each one block (:meth:`Banded.whole`). Cached: built once per shape, grid and device."""
+    build = Banded.whole if dense else Banded.from_dense
     plain, mirrored = [], []
     for h, w in shapes:
         wy, _ = _axis_matrices(h, in_hw[0], dst_size[1], dst_stride, base_size[1], ratio, False)
         wx, wx_m = _axis_matrices(w, in_hw[1], dst_size[0], dst_stride, base_size[0], ratio, True)
-        wy_b = Banded.from_dense(wy, device)
-        plain.append((wy_b, Banded.from_dense(wx, device)))
-        mirrored.append((wy_b, Banded.from_dense(wx_m, device)))
+        wy_b = build(wy, device)
+        plain.append((wy_b, build(wx, device)))
+        mirrored.append((wy_b, build(wx_m, device)))
     return plain, mirrored
 
 
@@ -202,10 +225,13 @@ def udp_resampled_maps(
     *,
     with_tags: bool = True,
     average_flip: bool = False,
+    dense: bool | None = None,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Resample the stage outputs of one scale onto the destination grid (see
     :func:`udp_multi_stage_outputs`) with the separable bicubic ``wy @ map @ wx^T`` (:class:`Banded`),
     equal to :func:`sample_grid` on every map; only the channels read downstream are resampled.
+    ``dense``: dense matrices instead of banded ones (default: off the CPU); equal up to float
+    rounding (the banded products skip zero terms).
 
     ``outputs``: the stage outputs of the image (B, C_i, h_i, w_i), ``mirrored`` those of its mirror
     image as the network returned them (or None); ``in_hw``: the input's (H, W). The heatmaps of the
@@ -215,6 +241,8 @@ def udp_resampled_maps(
     :meth:`OutputLayout.without_center`. Returns ``(heatmaps, tags)``.
     """
     shapes = tuple((int(o.size(2)), int(o.size(3))) for o in outputs)
+    if dense is None:
+        dense = outputs[0].device.type != "cpu"
     plain_m, mirror_m = _resampling_matrices(
         shapes,
         (int(in_hw[0]), int(in_hw[1])),
@@ -223,6 +251,7 @@ def udp_resampled_maps(
         (float(base_size[0]), float(base_size[1])),
         float(ratio),
         outputs[0].device,
+        bool(dense),
     )
     num_joints = layout.num_joints - (1 if layout.drop_center else 0)
     joints = slice(0, num_joints)  # a view, no copy
@@ -232,7 +261,7 @@ def udp_resampled_maps(
     if mirrored is not None:
         passes.append((mirrored, mirror_m, flip_joints))
 
-    with torch.autocast(outputs[0].device.type, enabled=False):
+    with no_autocast(outputs[0].device.type):
         heatmaps: list[torch.Tensor] = []
         if heat:
             groups = [passes] if average_flip else [[p] for p in passes]
@@ -277,6 +306,7 @@ def udp_multi_stage_outputs(
     *,
     with_tags: bool = True,
     average_flip: bool = False,
+    dense: bool | None = None,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Run the model on image (B, 3, H_i, W_i) (and its mirror, in the same batch) and resample every
     stage onto the destination grid ``dst_size = (W', H')`` whose pixel ``m`` is base-input pixel
@@ -288,7 +318,7 @@ def udp_multi_stage_outputs(
     stage-averaged heatmaps (B, K, H', W') (and the flipped pass's), and the tag maps of the AE stages
     (and the flipped ones). The maps equal :func:`sample_grid` of each stage output (flipped back for
     the mirrored pass) at the destination's source coordinates. ``with_tags`` and ``average_flip`` as
-    in :func:`udp_resampled_maps`.
+    in :func:`udp_resampled_maps`, and ``dense`` as there.
     """
     outputs, mirrored = forward_with_mirror(model, image, with_flip)
     return udp_resampled_maps(
@@ -302,10 +332,31 @@ def udp_multi_stage_outputs(
         ratio,
         with_tags=with_tags,
         average_flip=average_flip,
+        dense=dense,
     )
 
 
 HALF = 0.499  # largest |offset| from the peak pixel (see taylor_offsets)
+
+
+def peak_neighbourhood(det: torch.Tensor, joint: torch.Tensor, row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
+    """The 3x3 neighbourhoods of the peaks ``det[joint, row, col]`` in one gather, on det's device.
+
+    det: (K, H, W); indices: (n,) long tensors on det's device -> (9, n) in det's dtype, rows: centre,
+    left, right, up, down, then the diagonals down-right, down-left, up-right, up-left; a neighbour off
+    the map is read at the nearest pixel in the map (clamped)."""
+    _, h, w = det.shape
+    r0, r1 = (row - 1).clamp(min=0), (row + 1).clamp(max=h - 1)
+    c0, c1 = (col - 1).clamp(min=0), (col + 1).clamp(max=w - 1)
+    rows = torch.stack((row, row, row, r0, r1, r1, r1, r0, r0))
+    cols = torch.stack((col, c0, c1, col, col, c1, c0, c1, c0))
+    return det[joint.expand_as(rows), rows, cols]
+
+
+def device_indices(device: torch.device, *indices: np.ndarray) -> list[torch.Tensor]:
+    """Integer arrays of one length (n,) as long tensors on ``device``, in one host-to-device copy."""
+    stacked = torch.as_tensor(np.stack(indices).astype(np.int64, copy=False), device=device)
+    return list(stacked)
 
 
 def taylor_offsets(
@@ -316,28 +367,27 @@ def taylor_offsets(
     Hessian is not negative definite (flat or saddle) and along an axis whose neighbour is off the map.
     det: (K, H, W); indices (n,) -> two (n,) arrays.
     """
-    _, h, w = det.shape
     if len(joint) == 0:
         return np.zeros(0), np.zeros(0)
-    dev = det.device
-    j = torch.as_tensor(joint, dtype=torch.long, device=dev)
-    r = torch.as_tensor(row, dtype=torch.long, device=dev)
-    c = torch.as_tensor(col, dtype=torch.long, device=dev)
-    r0, r1 = (r - 1).clamp(min=0), (r + 1).clamp(max=h - 1)
-    c0, c1 = (c - 1).clamp(min=0), (c + 1).clamp(max=w - 1)
+    # The 3x3 neighbourhood of every peak in one gather and one read back (one device sync).
+    (vals,) = to_host(peak_neighbourhood(det, *device_indices(det.device, joint, row, col)))
+    return taylor_from_neighbourhood(vals, row, col, det.shape[1], det.shape[2])
 
-    # The 3x3 neighbourhood of every peak in one gather (one device sync): centre, left, right, up,
-    # down, then the four diagonals.
-    rows = torch.stack((r, r, r, r0, r1, r1, r1, r0, r0))
-    cols = torch.stack((c, c0, c1, c, c, c1, c0, c1, c0))
-    vals = det[j.expand_as(rows), rows, cols].double().cpu().numpy()
-    center, left, right, up, down, dr, dl, ur, ul = np.log(np.maximum(vals, 1e-10))
+
+def taylor_from_neighbourhood(
+    vals: np.ndarray, row: np.ndarray, col: np.ndarray, h: int, w: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`taylor_offsets` from the :func:`peak_neighbourhood` values (9, n) of peaks at ``row``,
+    ``col`` (n,) on an (h, w) map."""
+    if len(row) == 0:
+        return np.zeros(0), np.zeros(0)
+    center, left, right, up, down, dr, dl, ur, ul = np.log(np.maximum(vals.astype(np.float64), 1e-10))
     dx, dy = 0.5 * (right - left), 0.5 * (down - up)
     dxx, dyy = right - 2 * center + left, down - 2 * center + up
     dxy = 0.25 * (dr - dl - ur + ul)
     # On the map's border a neighbour is missing: no offset along that axis (1-D Newton along the other).
-    in_x = ((c > 0) & (c < w - 1)).cpu().numpy()
-    in_y = ((r > 0) & (r < h - 1)).cpu().numpy()
+    in_x = (col > 0) & (col < w - 1)
+    in_y = (row > 0) & (row < h - 1)
     det_h = dxx * dyy - dxy**2
     both = in_x & in_y & (dxx < 0) & (det_h > 1e-12)
     safe = np.where(both, det_h, 1.0)

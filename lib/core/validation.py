@@ -22,7 +22,9 @@ import numpy as np
 import torch
 
 from higherpose.core.evaluation import evaluate_keypoints, poses_to_coco_results, write_results_json
+from higherpose.core.inference import model_device
 from higherpose.core.predictor import Predictor
+from higherpose.dataset.build import test_workers
 from higherpose.utils import distributed as du
 from higherpose.utils.meters import format_clock
 
@@ -155,7 +157,7 @@ def run_validation(
         use_bar = rank == 0 and (bool(cfg.TEST.LOG_PROGRESS) or sys.stderr.isatty())
         progress = _Progress(total, logger if rank == 0 else None, use_bar, cfg.PRINT_FREQ, ranks=world)
         try:
-            loader = test_loader(dataset, indices)
+            loader = test_loader(dataset, indices, test_workers(cfg, model_device(model)))
             predicted, skipped = _predict_share(cfg, model, output_dir, loader, indices, ids, progress, dataset.spec)
         finally:
             progress.close()

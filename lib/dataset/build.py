@@ -21,9 +21,12 @@ Seeding (why augmentations differ per worker and epoch, and how a run reproduces
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import random
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -185,10 +188,55 @@ def make_test_dataloader(cfg) -> tuple[torch.utils.data.DataLoader, CocoDataset]
     return test_loader(dataset), dataset
 
 
-def test_loader(dataset: CocoDataset, indices: list[int] | None = None) -> torch.utils.data.DataLoader:
-    """Loader (batch 1, sample returned as is) of ``dataset``'s images at ``indices`` (all when None;
-    a rank's share in sharded validation)."""
+def test_loader(
+    dataset: CocoDataset, indices: list[int] | None = None, workers: int = 0
+) -> torch.utils.data.DataLoader | ReadAhead:
+    """Loader (batch 1, sample returned as is, in order) of ``dataset``'s images at ``indices`` (all when
+    None; a rank's share in sharded validation). ``workers`` > 0 (:func:`test_workers`): a
+    :class:`ReadAhead` whose threads read and decode the next images while the caller predicts.
+
+    Nothing is pinned: a sample is a numpy image that is resized per test scale on the host before
+    its copy to the device (:func:`~higherpose.core.inference.image_maps` pins that batch on a GPU)."""
+    if workers:
+        return ReadAhead(dataset, list(range(len(dataset))) if indices is None else list(indices), workers)
     images = dataset if indices is None else torch.utils.data.Subset(dataset, indices)
     return torch.utils.data.DataLoader(
         images, batch_size=1, shuffle=False, num_workers=0, pin_memory=False, collate_fn=_identity_collate
     )
+
+
+class ReadAhead:
+    """The samples ``dataset[i]`` for ``i`` in ``indices``, in that order, read by ``workers`` threads at
+    most ``2 * workers`` samples ahead of the consumer.
+
+    Threads, not DataLoader processes: reading and decoding (OpenCV, zip members) release the GIL, and
+    the process that predicts resizes images with OpenCV, and a child forked after the parent's OpenCV
+    thread pool has run can hang in OpenCV (seen in ``cv2.setNumThreads`` of :func:`worker_init_fn`)."""
+
+    def __init__(self, dataset: CocoDataset, indices: list[int], workers: int):
+        self.dataset, self.indices, self.workers = dataset, indices, max(1, int(workers))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self):
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="test-read")
+        try:
+            pending: deque[Future] = deque()
+            order = iter(self.indices)
+            for index in itertools.islice(order, 2 * self.workers):
+                pending.append(pool.submit(self.dataset.__getitem__, index))
+            while pending:
+                sample = pending.popleft().result()
+                for index in itertools.islice(order, 1):
+                    pending.append(pool.submit(self.dataset.__getitem__, index))
+                yield sample
+        finally:  # a consumer that stops early waits for the reads in progress only
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def test_workers(cfg, device: torch.device) -> int:
+    """Reading threads for predicting the test set on ``device`` (:func:`test_loader`): ``WORKERS`` on a
+    GPU, where reading and decoding the next images overlaps the forwards; 0 on the CPU, whose cores
+    the prediction's image threads (``TEST.CPU_IMAGE_THREADS``) already keep busy."""
+    return int(cfg.WORKERS) if device.type != "cpu" else 0

@@ -152,3 +152,22 @@ def test_image_threads_setting(setup) -> None:
     assert PoseEstimator(estimator.cfg, Runtime()).image_threads == 1
     with pytest.raises(ConfigError, match="TEST.CPU_IMAGE_THREADS = -1"):
         load_cfg(TINY_HRNET, *OPTS, "TEST.CPU_IMAGE_THREADS", "-1")
+
+
+@pytest.mark.parametrize("per_gpu", [1, 2])
+def test_overlapped_grouping_gives_the_poses_in_order(setup, per_gpu: int) -> None:
+    """The GPU scheme (forwards here, grouping on a second thread one forward behind) forced on the CPU:
+    the plain path's poses in the input's order, images of two sizes mixed in a forward's batch."""
+    root, weights = setup
+    opts = [*OPTS, "DATASET.ROOT", str(root), "TEST.IMAGES_PER_GPU", str(per_gpu), "TEST.CPU_IMAGE_THREADS", "1"]
+    estimator = PoseEstimator.from_config(TINY_HRNET, weights, opts=opts)
+    assert not estimator.overlaps  # parameters on the CPU
+    images = _val_images(root, copies=2)
+    images.insert(1, np.ascontiguousarray(images[0][: images[0].shape[0] // 2]))  # another input size
+    expected = list(estimator.predict_stream(images, overlap=False))
+    got = list(estimator.predict_stream(iter(images), overlap=True))
+    assert len(got) == len(images) and sum(len(poses) for poses, _ in got) > 0
+    for (poses_a, scores_a), (poses_b, scores_b) in zip(expected, got):
+        assert scores_a == scores_b and len(poses_a) == len(poses_b)
+        for a, b in zip(poses_a, poses_b):
+            np.testing.assert_array_equal(a, b)

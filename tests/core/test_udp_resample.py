@@ -237,3 +237,51 @@ def test_image_maps_equal_the_per_stage_grid_sample_path(flip, project) -> None:
         want_det, want_tags = _reference_image_maps(cfg, model, image)
     torch.testing.assert_close(got.det, want_det, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got.tags, want_tags, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("n_out,n_in", [(5, 3), (100, 37), (97, 300)])
+def test_whole_matrix_products_are_the_dense_products(n_out: int, n_in: int) -> None:
+    g = torch.Generator().manual_seed(n_in)
+    dense = _weight_matrix(np.sort(np.random.default_rng(n_out).uniform(-2.0, n_in + 1.0, n_out)), n_in)
+    whole = Banded.whole(dense)
+    assert len(whole.blocks) == 1 and whole.blocks[0][2].shape == (n_out, n_in)
+    wide, tall = torch.rand(2, 3, 7, n_in, generator=g), torch.rand(2, 3, n_in, 7, generator=g)
+    w = torch.from_numpy(dense).float()
+    torch.testing.assert_close(whole.right_of(wide), wide @ w.t(), atol=0, rtol=0)
+    torch.testing.assert_close(whole.left_of(tall), w @ tall, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("with_flip", [False, True])
+@pytest.mark.parametrize(
+    "in_hw,dst_size,dst_stride,base_size,ratio",
+    [((96, 128), (96, 64), 1.0, (96, 64), 1.5), ((128, 192), (40, 24), 2.0, (80, 48), 2.0)],
+)
+def test_dense_resampling_equals_the_banded_one(
+    monkeypatch, with_flip, in_hw, dst_size, dst_stride, base_size, ratio
+) -> None:
+    """The dense path (the default off the CPU) forced on the CPU: the banded maps up to float rounding,
+    and the grid_sample reference as closely as the banded ones."""
+    built = {"whole": 0, "banded": 0}
+    for name in built:
+        method = getattr(Banded, name if name == "whole" else "from_dense")
+
+        def counted(matrix, device=None, _method=method, _name=name):
+            built[_name] += 1
+            return _method(matrix, device)
+
+        monkeypatch.setattr(Banded, name if name == "whole" else "from_dense", counted)
+    udp._resampling_matrices.cache_clear()
+    layout = _layout(TINY_HRNET)
+    k = layout.num_joints
+    model = _PixelModel([2 * k, k])
+    image = torch.randn(2, 3, *in_hw, generator=torch.Generator().manual_seed(3))
+    args = (layout, model, image, with_flip, dst_size, dst_stride, base_size, ratio)
+    with torch.no_grad():
+        banded = udp_multi_stage_outputs(*args)
+        dense = udp_multi_stage_outputs(*args, dense=True)
+        reference = _reference_udp_multi_stage_outputs(*args)
+    assert built == {"whole": 6, "banded": 6}  # wy, wx and the mirrored wx of each of two stages
+    for got, want, ref in zip(dense[0] + dense[1], banded[0] + banded[1], reference[0] + reference[1]):
+        assert got.shape == want.shape and got.dtype == torch.float32
+        torch.testing.assert_close(got, want, atol=2e-6, rtol=1e-6)
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)

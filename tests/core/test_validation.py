@@ -216,3 +216,27 @@ def test_validation_turns_cudnn_benchmark_off_while_it_predicts(
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
     run_validation(cfg, _perfect_model(cfg, synthetic_val), str(tmp_path))
     assert seen == [False] and torch.backends.cudnn.benchmark is True
+
+
+def test_validation_as_on_a_gpu_writes_the_results_of_the_cpu_scheme(
+    synthetic_val: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """Loader workers reading ahead and the grouping beside the forwards (what a GPU model gets) forced
+    on the CPU: the same results file and metrics as the CPU scheme."""
+    from higherpose.core import validation
+    from higherpose.core.predictor import Predictor
+
+    cfg = _cfg(synthetic_val, "WORKERS", "2")
+    model = _perfect_model(cfg, synthetic_val)
+    plain, _ = run_validation(cfg, model, str(tmp_path / "plain"))
+    workers = []
+
+    def gpu_workers(cfg, device):
+        workers.append(int(cfg.WORKERS))
+        return int(cfg.WORKERS)
+
+    monkeypatch.setattr(validation, "test_workers", gpu_workers)
+    monkeypatch.setattr(Predictor, "overlaps", property(lambda self: True))
+    overlapped, _ = run_validation(cfg, model, str(tmp_path / "gpu"))
+    assert workers == [2] and overlapped == plain and plain["AP"] > 0.9
+    assert _results(tmp_path / "gpu") == _results(tmp_path / "plain")

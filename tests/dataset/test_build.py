@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from higherpose.core.validation import run_validation
+from higherpose.dataset import build
 from higherpose.dataset.annotations import AnnotationError
 from higherpose.dataset.build import (
     annotation_file,
@@ -298,3 +299,29 @@ def test_memory_is_pinned_only_for_a_gpu_run(coco_sample, monkeypatch, device, p
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     cfg = _cfg(coco_sample, "WORKERS", "0", "DEVICE", device)
     assert make_dataloader(cfg, is_train=True).pin_memory is pinned
+
+
+def test_test_loader_workers_read_ahead_in_order(coco_sample) -> None:
+    """Reading threads (validation on a GPU) give the samples of the loader without them, in its order; a
+    rank's share keeps its indices' order; a consumer may stop early."""
+    cfg = _cfg(coco_sample, "WORKERS", "3")
+    _, dataset = make_test_dataloader(cfg)
+    assert build.test_workers(cfg, torch.device("cpu")) == 0
+    assert build.test_workers(cfg, torch.device("cuda", 0)) == 3
+    ids = list(dataset.ids)
+    for share in (None, list(range(len(dataset)))[::-1]):
+        plain = list(build.test_loader(dataset, share, workers=0))
+        ahead = build.test_loader(dataset, share, workers=2)
+        assert isinstance(ahead, build.ReadAhead) and len(ahead) == len(plain)
+        got = list(ahead)
+        assert len(got) == len(plain) == len(dataset) > 1
+        for (image_a, anns_a), (image_b, anns_b) in zip(plain, got):
+            np.testing.assert_array_equal(image_a, image_b)
+            assert anns_a == anns_b
+        order = [anns[0]["image_id"] for _, anns in got if anns]
+        want = [i for i in (ids if share is None else ids[::-1]) if dataset.coco.getAnnIds(imgIds=i)]
+        assert order == want
+    stream = iter(build.test_loader(dataset, None, workers=2))
+    first = next(stream)
+    stream.close()
+    np.testing.assert_array_equal(first[0], dataset[0][0])
