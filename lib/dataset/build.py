@@ -211,7 +211,7 @@ class ReadAhead:
 
     Threads, not DataLoader processes: reading and decoding (OpenCV, zip members) release the GIL, and
     the process that predicts resizes images with OpenCV, and a child forked after the parent's OpenCV
-    thread pool has run can hang in OpenCV (seen in ``cv2.setNumThreads`` of :func:`worker_init_fn`)."""
+    thread pool has run can hang in OpenCV (seen with ``cv2.setNumThreads`` in a forked worker)."""
 
     def __init__(self, dataset: CocoDataset, indices: list[int], workers: int):
         self.dataset, self.indices, self.workers = dataset, indices, max(1, int(workers))
