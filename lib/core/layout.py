@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from higherpose.dataset.specs import spec_from_cfg
+from higherpose.models.pose_higher_hrnet import has_scale_maps
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ class OutputLayout:
             tag_per_joint=bool(cfg.MODEL.TAG_PER_JOINT),
             with_center=bool(cfg.DATASET.WITH_CENTER),
             ignore_center=bool(cfg.TEST.IGNORE_CENTER),
-            scale_maps=cfg.LOSS.get("HEATMAPS_LOSS_TYPE", "mse") == "swahr",
+            scale_maps=has_scale_maps(cfg),
         )
 
     @property

@@ -28,7 +28,7 @@ from torch import nn
 from higherpose.core.debug_images import save_debug_images
 from higherpose.core.layout import OutputLayout
 from higherpose.core.time_budget import EpochTimer, epoch_allowance
-from higherpose.models.pose_higher_hrnet import heatmap_probabilities, heatmaps_are_logits
+from higherpose.models.pose_higher_hrnet import has_scale_maps, heatmap_probabilities, heatmaps_are_logits
 from higherpose.utils import distributed as du
 from higherpose.utils.ema import ModelEMA
 from higherpose.utils.meters import AverageMeter, eta_seconds, format_seconds
@@ -238,7 +238,7 @@ def _save_debug(
 def _debug_wanted(cfg: Any) -> bool:
     d = cfg.DEBUG
     keys = ("SAVE_BATCH_IMAGES_GT", "SAVE_BATCH_IMAGES_PRED", "SAVE_HEATMAPS_GT", "SAVE_HEATMAPS_PRED")
-    swahr = cfg.LOSS.HEATMAPS_LOSS_TYPE == "swahr" and d.SAVE_SCALEMAPS_PRED
+    swahr = has_scale_maps(cfg) and d.SAVE_SCALEMAPS_PRED
     return bool(d.DEBUG) and (any(d[k] for k in keys) or bool(d.SAVE_TAGMAPS_PRED) or bool(swahr))
 
 
