@@ -61,6 +61,32 @@ def preflight(cfg: Any, nproc: int) -> None:
         )
 
 
+def torchrun_preflight(cfg: Any, rank: int, world_size: int) -> None:
+    """:func:`preflight` under torchrun: rank 0 runs it and every rank learns its outcome through the
+    store of torchrun's agent (``MASTER_ADDR:MASTER_PORT``) before joining the group. A config error
+    then ends every rank with rank 0's message; otherwise the ranks of other nodes would wait for rank 0
+    at the rendezvous until ``DIST_TIMEOUT_MIN``. Raises :class:`ConfigError` (``rank 0: message``)
+    on every rank. Where the store cannot be reached, only rank 0 raises."""
+    error = None
+    if rank == 0:
+        try:
+            preflight(cfg, 1)
+        except ConfigError as err:
+            error = str(err)
+    timeout_s = du.process_group_timeout(cfg.DIST_TIMEOUT_MIN).total_seconds()
+    address = failures.store_address("env://") if world_size > 1 else None
+    if address is not None:
+        try:
+            store = failures.connect(*address, timeout_s)
+        except Exception:  # noqa: BLE001 - no shared checks: the others learn of it as the group does
+            store = None
+        if store is not None:
+            errors = failures.agree_across_nodes(store, rank, world_size, error, timeout_s, label="rank")
+            error = "; ".join(errors) if errors else None
+    if error is not None:
+        raise ConfigError(error)
+
+
 def run_worker(
     local_rank: int,
     rank: int,

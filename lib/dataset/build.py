@@ -28,6 +28,7 @@ import random
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 
+import cv2
 import numpy as np
 import torch
 import torch.utils.data
@@ -121,8 +122,10 @@ def annotation_file(cfg, is_train: bool = True) -> str:
 def worker_init_fn(worker_id: int) -> None:
     """Give each DataLoader worker its own augmentation stream (see the module docstring).
 
-    OpenCV's thread count is left alone here: changing it in a forked worker waits on the pool threads
-    of the parent, which the fork did not copy, and the worker hangs."""
+    OpenCV's thread count is not changed here but before the fork (:func:`make_dataloader`): changing it
+    in a forked worker waits on pool threads of the parent that the fork did not copy, and the worker
+    hangs (with OpenCV 5.1 and a pool of 4 threads it waited forever).
+    """
     info = torch.utils.data.get_worker_info()
     seed = torch.initial_seed()  # base_seed + worker_id, drawn anew by the loader every epoch
     np.random.seed(seed % 2**32)  # noqa: NPY002 (legacy global generator, for any code still using it)
@@ -143,6 +146,11 @@ def make_dataloader(cfg, is_train: bool = True, distributed: bool = False) -> to
     Batch = ``TRAIN.IMAGES_PER_GPU`` per process; DistributedSampler (``drop_last`` for training)
     when ``distributed``; ``WORKERS`` workers (persistent across epochs only with ``TRAIN.SEED < 0``,
     see the module docstring); pinned memory only with CUDA.
+
+    With workers, this process's OpenCV runs on one thread from here on, and each forked worker
+    inherits that: otherwise every worker of every rank starts a thread per core (8 GPU ranks x 4
+    workers on one host). It is set here, before the fork, because a forked worker that sets it hangs.
+    The process keeps only test-time resizes, which on a GPU run beside reading threads.
     """
     dataset = build_dataset(cfg, is_train)
     seed = int(cfg.TRAIN.SEED)
@@ -160,6 +168,8 @@ def make_dataloader(cfg, is_train: bool = True, distributed: bool = False) -> to
         sampler = None
         shuffle = is_train
     workers = int(cfg.WORKERS)
+    if workers > 0:
+        cv2.setNumThreads(1)
     if workers == 0:
         base = generator.initial_seed() if generator is not None else torch.initial_seed()
         dataset.reseed(base)

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import cv2
 import torch
 import torch.multiprocessing as mp
 
@@ -81,13 +82,17 @@ def join_group(
     what: str = "higherpose",
 ) -> tuple[str, str | None, str | None]:
     """Set this rank's device (CUDA: ``device_index``, by default :func:`du.cuda_device_index`; CPU:
-    :func:`keep_freed_memory`; both: threads of :func:`cpu_threads`), join the group of ``world_size``
-    (no group for a world of 1) and watch for the other ranks' failures (:mod:`~higherpose.utils.failures`;
-    ``what`` names the tool in what is printed). Returns ``(device, backend or None, backend note)``."""
+    :func:`keep_freed_memory`; both: PyTorch's and OpenCV's threads of :func:`cpu_threads`), join the
+    group of ``world_size`` (no group for a world of 1) and watch for the other ranks' failures
+    (:mod:`~higherpose.utils.failures`; ``what`` names the tool in what is printed). Returns
+    ``(device, backend or None, backend note)``."""
     cuda = use_cuda(cfg)
     # GPU ranks too: their host side (decoding, grouping, the loader's main process) would otherwise
-    # start a thread per core in each of the node's processes.
-    torch.set_num_threads(cpu_threads(local_procs))
+    # start a thread per core in each of the node's processes; OpenCV's pool likewise (a loader with
+    # workers lowers it to one thread before it forks them: dataset.build.make_dataloader).
+    threads = cpu_threads(local_procs)
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
     if cuda:
         if device_index is None:
             device_index = du.cuda_device_index(local_rank, torch.cuda.device_count())

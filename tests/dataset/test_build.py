@@ -325,3 +325,46 @@ def test_test_loader_workers_read_ahead_in_order(coco_sample) -> None:
     first = next(stream)
     stream.close()
     np.testing.assert_array_equal(first[0], dataset[0][0])
+
+
+# A fresh interpreter: OpenCV's pool runs with 4 threads first, as in a rank that has validated.
+_WORKER_OPENCV_THREADS = """
+import sys
+import cv2, numpy as np
+from higherpose.dataset import synthetic
+from higherpose.dataset.build import make_dataloader
+from tests.conftest import TINY_HRNET, load_cfg
+
+root = sys.argv[1]
+synthetic.generate(root, num_train=4, num_val=1, seed=3, workers=1, verbose=False)
+cv2.setNumThreads(4)
+picture = np.zeros((1500, 1500, 3), np.uint8)
+cv2.warpAffine(picture, np.eye(2, 3), (1400, 1400))
+cfg = load_cfg(TINY_HRNET, "DATASET.ROOT", root, "WORKERS", "2", "TRAIN.SEED", "0", "TRAIN.IMAGES_PER_GPU", "1")
+loader = make_dataloader(cfg)
+def threads_in_worker(self, index):
+    cv2.warpAffine(picture, np.eye(2, 3), (1400, 1400))  # the worker's pool works
+    return cv2.getNumThreads()
+type(loader.dataset).__getitem__ = threads_in_worker
+loader.collate_fn = list
+print("worker threads", sorted({n for batch in loader for n in batch}))
+"""
+
+
+def test_loader_workers_run_opencv_on_one_thread(tmp_path) -> None:
+    """Each DataLoader worker augments on one OpenCV thread, not one per core, and nothing hangs: the
+    count is set in the process before the workers fork from it, after its pool has run."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    out = subprocess.run(
+        [sys.executable, "-c", _WORKER_OPENCV_THREADS, str(tmp_path / "syn")],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=REPO,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "worker threads [1]" in out.stdout, out.stdout

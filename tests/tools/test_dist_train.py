@@ -243,3 +243,22 @@ def test_tcp_nodes_config_error_on_one_node_ends_every_node(coco_sample, tmp_pat
         assert code == 2 and "config error: node 1: " in err and "DATASET.ROOT" in err, err[-3000:]
     assert abs(end1 - end0) < 60
     assert not (tmp_path / "node0" / "coco_kpt").exists()
+
+
+def test_torchrun_nodes_config_error_of_rank_0_ends_every_node(coco_sample, tmp_path):
+    """Two torchrun nodes (one rank each, static rendezvous): rank 0's DATASET.ROOT holds no data. Rank 1,
+    whose own data is there, stops within a minute with rank 0's message instead of waiting for rank 0
+    at the rendezvous."""
+    port = str(du.find_free_port())
+    procs = []
+    for node in (0, 1):
+        torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(node)]
+        torchrun += ["--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", port]
+        opts = ["DATASET.ROOT", str(tmp_path / "nothing")] if node == 0 else []
+        cmd = [*torchrun, "tools/dist_train.py", *argv(tmp_path / f"node{node}", *opts)]
+        procs.append(subprocess.Popen(cmd, cwd=REPO, text=True, stderr=subprocess.PIPE))
+    (code0, err0, end0), (code1, err1, end1) = _finish(procs)
+    for code, err in ((code0, err0), (code1, err1)):
+        assert code != 0 and "config error: rank 0: DATASET.ROOT" in err, err[-3000:]
+    assert abs(end1 - end0) < 60
+    assert not list(tmp_path.rglob("coco_kpt"))

@@ -56,3 +56,28 @@ def test_keep_freed_memory_serves_large_tensors_from_the_heap() -> None:
 def test_keep_freed_memory_is_a_no_op_without_glibc(monkeypatch) -> None:
     monkeypatch.setattr(launch.platform, "libc_ver", lambda: ("", ""))
     assert launch.keep_freed_memory() is False
+
+
+_JOIN_ONE_RANK = """
+import cv2
+from higherpose.utils import launch
+from tests.conftest import TINY_HRNET, load_cfg
+
+print("default", cv2.getNumThreads())
+launch.join_group(load_cfg(TINY_HRNET, "DEVICE", "cpu"), 0, 0, 1, "env://", 2)
+print("rank", cv2.getNumThreads())
+"""
+
+
+def test_a_rank_caps_opencv_threads_like_pytorch_threads() -> None:
+    """A rank's OpenCV pool has its share of the cores (here OMP_NUM_THREADS), as PyTorch does."""
+    import os
+
+    from tests.conftest import REPO
+
+    env = {**os.environ, "OMP_NUM_THREADS": "3"}
+    out = subprocess.run(
+        [sys.executable, "-c", _JOIN_ONE_RANK], capture_output=True, text=True, env=env, cwd=REPO, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-1] == "3", out.stdout
