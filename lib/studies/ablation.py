@@ -221,7 +221,10 @@ def plot(runs: Iterable[dict[str, Any]], labels: Sequence[str], sizes: Sequence[
     import matplotlib.pyplot as plt
 
     runs = list(runs)
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    # Up to 20 configs keep a colour each (the default cycle repeats after 10); markers tell neighbours apart.
+    colours = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20").colors
+    markers = "osD^vP*Xhp"
     for i, label in enumerate(labels):
         xs, means, stds = [], [], []
         for size in sorted(sizes):
@@ -232,14 +235,15 @@ def plot(runs: Iterable[dict[str, Any]], labels: Sequence[str], sizes: Sequence[
                 means.append(mean)
                 stds.append(0.0 if math.isnan(std) else std)
         if xs:
-            ax.errorbar(xs, means, yerr=stds, marker="o", capsize=4, label=label)
+            style = {"color": colours[i % len(colours)], "marker": markers[i % len(markers)]}
+            ax.errorbar(xs, means, yerr=stds, capsize=4, label=label, **style)
     ax.set_xscale("log", base=2)
     ax.set_xticks(sorted(sizes), [str(s) for s in sorted(sizes)])
     ax.minorticks_off()
     ax.set_xlabel("test input size (short side, px)")
     ax.set_ylabel("AP (mean ± std over seeds)")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small", frameon=False)  # beside the bars
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120), binary=True)
     plt.close(fig)
