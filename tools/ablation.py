@@ -40,6 +40,7 @@ from higherpose.studies.ablation import (
     plan,
     plot,
     run_opts,
+    split_configs,
     summary_table,
     synthetic_data,
 )
@@ -62,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="runs trained side by side (CPU: the cores are split)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for every run")
     args = parser.parse_args(argv)
+    args.configs, extra = split_configs(args.configs)
+    args.opts = [*extra, *args.opts]
+    if not args.configs:
+        parser.error("--configs: no YAML file given")
 
     output = Path(args.output) if Path(args.output).is_absolute() else REPO / args.output
     runs = plan(args.configs, args.sizes, args.seeds)

@@ -59,6 +59,15 @@ class Run:
         return f"{self.label}_{self.size}_seed{self.seed}"
 
 
+def split_configs(values: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``--configs`` values as ``(YAML files, KEY VALUE overrides)``: the files are the leading values
+    ending in ``.yaml`` / ``.yml``, the overrides everything from the first value that does not (an
+    option taking several values swallows the ``KEY VALUE`` list written after it)."""
+    values = list(values)
+    n = next((i for i, v in enumerate(values) if not v.endswith((".yaml", ".yml"))), len(values))
+    return values[:n], values[n:]
+
+
 def plan(configs: Sequence[str], sizes: Sequence[int], seeds: Sequence[int]) -> list[Run]:
     """Every run, seed by seed: an ablation stopped early still has complete pairs of configs."""
     labels = [Path(c).stem for c in configs]

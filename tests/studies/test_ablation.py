@@ -19,6 +19,7 @@ from higherpose.studies.ablation import (
     plot,
     run_opts,
     size_opts,
+    split_configs,
     steps_opts,
     summary_table,
     synthetic_data,
@@ -165,3 +166,12 @@ def test_each_synthetic_config_gets_its_own_generated_set(tmp_path: Path) -> Non
     coco = load_config("experiments/coco/higher_hrnet/w32_512_adam_lr1e-3.yaml")
     assert synthetic_data(coco, False, tmp_path) is None
     assert synthetic_data(coco, True, tmp_path) == (tmp_path / "data/synthetic_smoke", "plain")
+
+
+def test_overrides_written_after_the_configs_are_overrides() -> None:
+    """``--configs a.yaml b.yaml DATASET.ROOT x``: the KEY VALUE list after the files is not read as two
+    more configs (``--configs`` takes several values and would swallow it)."""
+    values = [HRNET, SAT, "DATASET.ROOT", "data/synthetic_crowded", "DATASET.CROWD_INDEX_EVAL", "True"]
+    assert split_configs(values) == ([HRNET, SAT], values[2:])
+    assert split_configs([HRNET, "x.yml"]) == ([HRNET, "x.yml"], [])
+    assert split_configs(["TRAIN.LR", "0.1"]) == ([], ["TRAIN.LR", "0.1"])
