@@ -53,7 +53,12 @@ CONFIGS = ["experiments/synthetic/higher_hrnet_tiny.yaml", "experiments/syntheti
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", nargs="+", default=CONFIGS, help="experiment YAMLs (the first is the baseline)")
+    parser.add_argument(
+        "--configs",
+        nargs="+",
+        default=CONFIGS,
+        help="experiment YAMLs (the first is the baseline); KEY VALUE overrides may follow them",
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="TRAIN.SEED of the runs")
     parser.add_argument("--sizes", nargs="+", type=int, default=[256], help="test input sizes (short side)")
     parser.add_argument("--steps", type=int, help="optimiser steps of every run (default: the configs' schedule)")

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from higherpose.apis.train import preflight, run_worker, spawn_entry, torchrun_preflight
+from higherpose.apis.train import preflight, run_worker, spawn_entry
 from higherpose.config import ConfigError, update_config
 from higherpose.config import cfg as default_cfg
 from higherpose.config.cli import add_cfg_argument, add_overrides_argument
@@ -68,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
             world_size = int(os.environ["WORLD_SIZE"])
             rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
             launch.use_cuda(cfg)  # every rank: DEVICE 'cuda' where CUDA does not work stops here
-            torchrun_preflight(cfg, rank, world_size)  # rank 0 checks, every rank stops on its error
-            run_worker(local_rank, rank, world_size, "env://", cfg, args)
+            # rank 0 checks; every rank stops with its error once they have joined the group
+            run_worker(local_rank, rank, world_size, "env://", cfg, args, check_on_rank0=True)
             return 0
     except ConfigError as err:
         print(f"dist_train.py: config error: {err}", file=sys.stderr)

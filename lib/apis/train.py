@@ -61,32 +61,6 @@ def preflight(cfg: Any, nproc: int) -> None:
         )
 
 
-def torchrun_preflight(cfg: Any, rank: int, world_size: int) -> None:
-    """:func:`preflight` under torchrun: rank 0 runs it and every rank learns its outcome through the
-    store of torchrun's agent (``MASTER_ADDR:MASTER_PORT``) before joining the group. A config error
-    then ends every rank with rank 0's message; otherwise the ranks of other nodes would wait for rank 0
-    at the rendezvous until ``DIST_TIMEOUT_MIN``. Raises :class:`ConfigError` (``rank 0: message``)
-    on every rank. Where the store cannot be reached, only rank 0 raises."""
-    error = None
-    if rank == 0:
-        try:
-            preflight(cfg, 1)
-        except ConfigError as err:
-            error = str(err)
-    timeout_s = du.process_group_timeout(cfg.DIST_TIMEOUT_MIN).total_seconds()
-    address = failures.store_address("env://") if world_size > 1 else None
-    if address is not None:
-        try:
-            store = failures.connect(*address, timeout_s)
-        except Exception:  # noqa: BLE001 - no shared checks: the others learn of it as the group does
-            store = None
-        if store is not None:
-            errors = failures.agree_across_nodes(store, rank, world_size, error, timeout_s, label="rank")
-            error = "; ".join(errors) if errors else None
-    if error is not None:
-        raise ConfigError(error)
-
-
 def run_worker(
     local_rank: int,
     rank: int,
@@ -96,13 +70,18 @@ def run_worker(
     args: argparse.Namespace,
     model: torch.nn.Module | None = None,
     device_index: int | None = None,
+    check_on_rank0: bool = False,
 ) -> None:
     """One training process: device, process group, per-rank config, logging, :func:`fit`.
 
     Rank ``rank`` of ``world_size`` (``local_rank`` on this node); ``args``: dist_train.py's parsed
     arguments (``cfg``, ``opts`` and the node count ``world_size``); ``model``: a prebuilt model to
     train in place instead of ``build_model`` (tests, custom code); ``device_index``: its GPU, by
-    default :func:`~higherpose.utils.distributed.cuda_device_index`."""
+    default :func:`~higherpose.utils.distributed.cuda_device_index`; ``check_on_rank0`` (torchrun, where
+    no launcher checks before the processes start): rank 0 runs :func:`preflight`, and once every rank
+    has joined the group each one stops with rank 0's error (a rank cannot be told anything before the
+    group exists: the ranks of other nodes would wait for rank 0 at the rendezvous until
+    ``DIST_TIMEOUT_MIN``)."""
     from higherpose.core.trainer import fit
 
     local_procs = int(os.environ.get("LOCAL_WORLD_SIZE", max(1, world_size // max(1, args.world_size))))
@@ -113,9 +92,19 @@ def run_worker(
     cfg.RANK = rank
     cfg.freeze()
     try:
+        startup_error = None
+        if check_on_rank0 and rank == 0:
+            try:
+                preflight(cfg, 1)
+            except ConfigError as err:
+                startup_error = str(err)
         device, backend, note = launch.join_group(
             cfg, local_rank, rank, world_size, init_method, local_procs, device_index, what="dist_train.py"
         )
+        if check_on_rank0:
+            startup_error = du.broadcast_object(startup_error)
+            if startup_error is not None:
+                raise ConfigError(f"rank 0: {startup_error}" if world_size > 1 else startup_error)
         ctx = du.DistContext(rank, world_size, local_rank, device, backend)
         log, output_dir, tb_log_dir = launch.rank_logging(cfg, args.cfg, "train", rank)
         if rank == 0:

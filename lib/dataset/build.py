@@ -150,7 +150,8 @@ def make_dataloader(cfg, is_train: bool = True, distributed: bool = False) -> to
     With workers, this process's OpenCV runs on one thread from here on, and each forked worker
     inherits that: otherwise every worker of every rank starts a thread per core (8 GPU ranks x 4
     workers on one host). It is set here, before the fork, because a forked worker that sets it hangs.
-    The process keeps only test-time resizes, which on a GPU run beside reading threads.
+    What OpenCV work stays in the process (the resizes of validation during training) then runs on one
+    thread too, beside the reading threads on a GPU and the other image threads on the CPU.
     """
     dataset = build_dataset(cfg, is_train)
     seed = int(cfg.TRAIN.SEED)

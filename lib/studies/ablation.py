@@ -64,7 +64,7 @@ def split_configs(values: Sequence[str]) -> tuple[list[str], list[str]]:
     ending in ``.yaml`` / ``.yml``, the overrides everything from the first value that does not (an
     option taking several values swallows the ``KEY VALUE`` list written after it)."""
     values = list(values)
-    n = next((i for i, v in enumerate(values) if not v.endswith((".yaml", ".yml"))), len(values))
+    n = next((i for i, v in enumerate(values) if not v.lower().endswith((".yaml", ".yml"))), len(values))
     return values[:n], values[n:]
 
 

@@ -8,8 +8,7 @@ the store, up until the others have read it; each other rank prints that message
 with the failing rank's exit code, whatever collective it was waiting in.
 
 Nodes of HigherHRNet's ``tcp://`` launch agree on their start-up checks the same way before any
-process starts (:func:`agree_across_nodes`): one node's config error ends every node. Under torchrun
-the ranks learn rank 0's start-up checks through the agent's store before they join the group.
+process starts (:func:`agree_across_nodes`): one node's config error ends every node.
 """
 
 from __future__ import annotations
@@ -145,19 +144,16 @@ def wait_for_ranks(store: Any, ranks: Any, timeout_s: float = WAIT_FOR_PEERS_S) 
         pass
 
 
-def agree_across_nodes(
-    store: Any, node: int, nodes: int, error: str | None, timeout_s: float, label: str = "node"
-) -> list[str]:
-    """Every node's start-up error (``node N: message``; ``label`` names what N counts, e.g. torchrun's
-    ranks), the same list on every node: each node posts ``error`` (None: none) and waits for the
-    others'. Node 0 stays until every node has read them (it serves the store, or its exit would
-    make torchrun's agent end the others first)."""
+def agree_across_nodes(store: Any, node: int, nodes: int, error: str | None, timeout_s: float) -> list[str]:
+    """Every node's start-up error (``node N: message``), the same list on every node: each node posts
+    ``error`` (None: none) and waits for the others'. The node serving the store (node 0) keeps it up
+    until every node has read them."""
     import datetime
 
     store.set(_key(f"preflight/{node}"), "" if error is None else error)
     keys = [_key(f"preflight/{n}") for n in range(nodes)]
     store.wait(keys, datetime.timedelta(seconds=timeout_s))
-    errors = [f"{label} {n}: {store.get(k).decode()}" for n, k in enumerate(keys) if store.get(k)]
+    errors = [f"node {n}: {store.get(k).decode()}" for n, k in enumerate(keys) if store.get(k)]
     read = store.add(_key("preflight/read"), 1)
     if errors and node == 0:
         deadline = time.monotonic() + timeout_s

@@ -173,5 +173,6 @@ def test_overrides_written_after_the_configs_are_overrides() -> None:
     more configs (``--configs`` takes several values and would swallow it)."""
     values = [HRNET, SAT, "DATASET.ROOT", "data/synthetic_crowded", "DATASET.CROWD_INDEX_EVAL", "True"]
     assert split_configs(values) == ([HRNET, SAT], values[2:])
-    assert split_configs([HRNET, "x.yml"]) == ([HRNET, "x.yml"], [])
+    assert split_configs([HRNET, "x.yml", "Y.YAML"]) == ([HRNET, "x.yml", "Y.YAML"], [])
+    assert split_configs([SAT, "MODEL.PRETRAINED", "w.yaml"]) == ([SAT], ["MODEL.PRETRAINED", "w.yaml"])
     assert split_configs(["TRAIN.LR", "0.1"]) == ([], ["TRAIN.LR", "0.1"])

@@ -80,4 +80,7 @@ def test_a_rank_caps_opencv_threads_like_pytorch_threads() -> None:
         [sys.executable, "-c", _JOIN_ONE_RANK], capture_output=True, text=True, env=env, cwd=REPO, timeout=120
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split()[-1] == "3", out.stdout
+    default, rank = out.stdout.split()[1], out.stdout.split()[-1]
+    if default == "3":  # OpenCV's own count on a 3-core machine: the check below would prove nothing
+        pytest.skip("OpenCV already defaults to 3 threads here")
+    assert rank == "3", out.stdout
