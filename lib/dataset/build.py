@@ -171,7 +171,7 @@ def make_dataloader(cfg, is_train: bool = True, distributed: bool = False) -> to
     workers = int(cfg.WORKERS)
     if workers > 0:
         cv2.setNumThreads(1)
-    if workers == 0:
+    else:
         base = generator.initial_seed() if generator is not None else torch.initial_seed()
         dataset.reseed(base)
     return torch.utils.data.DataLoader(
