@@ -136,7 +136,11 @@ class Results:
     @classmethod
     def open(cls, folder: Path, settings: dict[str, Any]) -> Results:
         """The folder's results, or an empty record; :class:`AblationError` when the folder holds an
-        ablation with other settings (its runs' checkpoints would be resumed under the wrong ones)."""
+        ablation with other settings (its runs' checkpoints would be resumed under the wrong ones).
+
+        ``settings["configs"]`` may differ from the folder's: a run's record depends only on its own
+        config, the steps and the overrides, so configs can be added to a study, or a subset of its
+        configs trained first, without retraining what is there. The stored list is the union."""
         path = folder / RESULTS_NAME
         if not path.exists():
             return cls(path, settings)
@@ -145,13 +149,14 @@ class Results:
         except json.JSONDecodeError as err:
             raise AblationError(f"{path}: not valid JSON ({err})") from err
         old = stored.get("settings", {})
-        changed = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+        changed = {k: (old.get(k), v) for k, v in settings.items() if k != "configs" and old.get(k) != v}
         if changed:
             said = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in changed.items())
             raise AblationError(
                 f"{path} holds an ablation with other settings ({said}); use another --output or the same settings"
             )
-        return cls(path, settings, stored.get("runs", {}))
+        configs = list(dict.fromkeys([*old.get("configs", []), *settings.get("configs", [])]))
+        return cls(path, {**settings, "configs": configs}, stored.get("runs", {}))
 
     def add(self, run: Run, record: dict[str, Any]) -> None:
         self.runs[run.key] = {"config": run.config, "size": run.size, "seed": run.seed, **record}

@@ -28,6 +28,7 @@ from higherpose.studies.ablation import (
 REPO = Path(__file__).resolve().parents[2]
 HRNET = "experiments/synthetic/higher_hrnet_tiny.yaml"
 SAT = "experiments/synthetic/higher_pose_tiny.yaml"
+SWAHR = "experiments/synthetic/higher_hrnet_tiny_swahr.yaml"
 
 
 def _run(config: str, size: int, seed: int, ap: float, ap50: float = 0.9) -> dict:
@@ -133,6 +134,12 @@ def test_results_are_kept_and_other_settings_refused(tmp_path: Path) -> None:
     assert again.runs["higher_hrnet_tiny@256/seed0"]["metrics"] == {"AP": 0.5}
     with pytest.raises(AblationError, match=r"steps: 2400 there, 1200 now.*another --output"):
         Results.open(tmp_path, {**settings, "steps": 1200})
+    # another set of configs shares the folder: the finished run is kept, the configs are merged
+    other = Results.open(tmp_path, {**settings, "configs": [SAT, SWAHR]})
+    assert list(other.runs) == ["higher_hrnet_tiny@256/seed0"]
+    assert other.settings["configs"] == [HRNET, SAT, SWAHR]
+    with pytest.raises(AblationError, match=r"opts: \[\] there, \['TRAIN.LR', '0.1'\] now"):
+        Results.open(tmp_path, {"configs": [SWAHR], "steps": 2400, "opts": ["TRAIN.LR", "0.1"]})
     (tmp_path / "results.json").write_text('{"settings": ')
     with pytest.raises(AblationError, match="results.json: not valid JSON"):
         Results.open(tmp_path, settings)

@@ -51,6 +51,12 @@ def test_interrupted_ablation_trains_only_the_missing_runs(tmp_path: Path, monke
     assert ablation.main(argv) == 0  # finished: re-prints without training
     assert len(trained) == 3 and table.strip() in capsys.readouterr().out
 
+    # a subset of the configs in the same folder: their finished runs are reused, the others kept
+    assert ablation.main(["--configs", "experiments/synthetic/higher_pose_tiny.yaml", *argv]) == 0
+    assert len(trained) == 3
+    assert "| higher_hrnet_tiny |" not in (tmp_path / "ablation.md").read_text()
+    assert len(json.loads((tmp_path / "results.json").read_text())["runs"]) == 4
+
 
 def test_other_settings_in_the_same_folder_are_refused(tmp_path: Path) -> None:
     (tmp_path / "results.json").write_text(json.dumps({"settings": {"steps": 48}, "runs": {}}))
