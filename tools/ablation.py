@@ -18,9 +18,10 @@ keeps each config's epochs and learning-rate steps and caps every epoch at N / E
 Every finished run is recorded in OUTPUT/results.json: run again, the ablation trains only the runs
 still missing (an interrupted run resumes from its checkpoint) and a finished one re-prints without
 training. ``--configs`` may add configs to a folder, or name a subset of its configs, as long as the
-steps and overrides match: the tables cover the configs named, results.json keeps every run. ``--jobs 2`` trains two runs at once, each on half the cores. Prints and writes
-OUTPUT/ablation.md (mean ± std over seeds, each seed's AP, the paired difference against the first
-config) and OUTPUT/ablation.png (AP against input size).
+steps and overrides match: the tables cover the configs named, results.json keeps every run.
+``--jobs 2`` trains two runs at once, each on half the cores. Prints and writes OUTPUT/ablation.md
+(mean ± std over seeds, each seed's AP, the paired difference against the first config) and
+OUTPUT/ablation.png (AP against input size).
 """
 
 from __future__ import annotations
